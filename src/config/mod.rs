@@ -1,0 +1,156 @@
+//! Typed settings (SPEC §2, §2.1) and their loading from the YAML file.
+//!
+//! The key names are a contract with administrators: they may be extended, never
+//! renamed. Loading turns every mistake into a [`ConfigError`] that names the file,
+//! line and column, so `check-config` can point at the exact spot.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+mod load;
+
+pub use load::ConfigError;
+
+/// Default path of the settings file (SPEC §9).
+pub const DEFAULT_PATH: &str = "/etc/tdc-milter/tdc-milter.yaml";
+
+/// The effective settings of one running daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The file the settings were read from (for messages).
+    pub path: PathBuf,
+    /// Global switch: when false, nothing is journaled and every message is accepted.
+    pub enabled: bool,
+    /// Default (global) message intake address, already normalised (domain in A-labels, lower case).
+    pub intake_address: Option<String>,
+    pub milter: MilterSettings,
+    pub incoming: IncomingSettings,
+    pub journal: JournalSettings,
+    pub delivery: DeliverySettings,
+    /// Ordered incoming mail policies; the last one is always `DEFAULT`.
+    pub policies: Vec<Policy>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MilterSettings {
+    pub listen: SocketSpec,
+}
+
+/// A milter socket in Postfix syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketSpec {
+    /// `inet:HOST:PORT` (an IPv6 host is written in brackets: `inet:[::1]:8895`).
+    Inet { host: String, port: u16 },
+    /// `unix:/absolute/path`
+    Unix(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncomingSettings {
+    /// `{daemon_name}` values that count as inbound; empty means every service.
+    pub daemon_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalSettings {
+    /// Envelope MAIL FROM and `From:` of the journal copy.
+    pub sender: String,
+    /// Header that carries the SMTP client IP as the first header of the attached original.
+    pub client_ip_header: String,
+    /// Originals larger than this many bytes are not journaled (logged).
+    pub max_size: u64,
+    /// Header verdicts that mark a message as not clean.
+    pub not_clean: Vec<HeaderVerdict>,
+}
+
+/// A header whose value marks a message as not clean. Both compare case-insensitively;
+/// the value is compared after trimming surrounding white space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderVerdict {
+    pub header: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliverySettings {
+    pub route: Route,
+    pub resolver: ResolverSpec,
+    /// SMTP port used for hosts found through DNS and for static hosts written without a port.
+    pub port: u16,
+    pub tls: TlsSettings,
+    /// How long a journal may stay in the.tdc.queue; every SMTP stage is capped by it.
+    pub lifetime: Duration,
+    /// Upper bound on simultaneous connections to the intake.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// MX of the intake domain, then A/AAAA (SPEC §5.2).
+    Dns,
+    /// Fixed list of hosts tried in order instead of DNS.
+    Static(Vec<HostPort>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    /// `None` means `delivery.port`.
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolverSpec {
+    /// `/etc/resolv.conf`.
+    System,
+    /// One name server at `IP:PORT` (labs and tests).
+    Server(SocketAddr),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Verify the intake's certificate chain and name (on by default).
+    pub verify: bool,
+    /// Extra trust anchors (PEM), added to the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// One incoming mail policy. It matches a recipient when both its recipient and its
+/// sender criteria match; an empty list matches anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub recipients: Vec<Pattern>,
+    pub senders: Vec<Pattern>,
+    pub connector: Connector,
+}
+
+/// An address pattern, normalised at load time: lower case, domains in A-labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    /// `user@example.com`: exactly this address.
+    Address { local: String, domain: String },
+    /// `example.com` or `@example.com`: any address in exactly this domain.
+    Domain(String),
+    /// `.example.com`: any address in a sub-domain of example.com (stored without the dot).
+    SubDomain(String),
+    /// `postmaster@`: this local part in any domain.
+    LocalPart(String),
+}
+
+/// The per-policy connector setting (SPEC §2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connector {
+    /// Inherit the DEFAULT policy's setting.
+    UseDefault,
+    /// Journal to the global intake address.
+    Global,
+    /// Journal to this intake address (normalised).
+    Custom(String),
+    /// No journaling.
+    Off,
+}
+
+/// Name of the catch-all policy that must come last.
+pub const DEFAULT_POLICY: &str = "DEFAULT";

@@ -1,0 +1,531 @@
+//! Our SMTP client: one session to the intake, STARTTLS required, every failure tagged
+//! with its stage (`DEPENDENCIES.md` §1 says why we own this state machine).
+//!
+//! Replies are parsed with smtp-proto; the session keeps one buffered reader for its
+//! whole life so pipelined replies are never lost.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp_proto::response::parser::ResponseReceiver;
+use smtp_proto::{EhloResponse, EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_START_TLS};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::error::{DeliveryError, Kind, Reply, Stage};
+use super::route::Target;
+use super::tls;
+use crate::tdclog::{Event, Log};
+
+/// Longest reply line we accept (RFC 5321 §4.5.3.1.5 allows 512; servers exceed it).
+const MAX_LINE: usize = 4096;
+/// Most lines in one reply (a long EHLO list is about 20).
+const MAX_REPLY_LINES: usize = 128;
+
+/// Per-stage time limits; each is also capped by the journal's lifetime.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub command: Duration,
+    pub data_block: Duration,
+    /// The reply to the final dot gets at least this long, even past the lifetime
+    /// (SPEC §5.5): giving up early risks a duplicate at the intake.
+    pub final_reply_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(30),
+            command: Duration::from_secs(60),
+            data_block: Duration::from_secs(120),
+            final_reply_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the server offered in EHLO (after TLS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub starttls: bool,
+    pub pipelining: bool,
+    pub eight_bit_mime: bool,
+    /// `SIZE` was offered; the limit if the server named one (0 = no limit stated).
+    pub size: Option<usize>,
+}
+
+/// A line-oriented SMTP connection over any stream.
+struct Wire<S> {
+    io: BufReader<S>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    fn new(stream: S) -> Wire<S> {
+        Wire {
+            io: BufReader::new(stream),
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Kind> {
+        self.io.get_mut().write_all(bytes).await.map_err(io_kind)?;
+        self.io.get_mut().flush().await.map_err(io_kind)
+    }
+
+    async fn read_line(&mut self, line: &mut Vec<u8>) -> Result<(), Kind> {
+        loop {
+            let buf = self.io.fill_buf().await.map_err(io_kind)?;
+            if buf.is_empty() {
+                return Err(Kind::Network("connection closed by the server".into()));
+            }
+            if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                line.extend_from_slice(&buf[..=pos]);
+                self.io.consume(pos + 1);
+                return Ok(());
+            }
+            let n = buf.len();
+            line.extend_from_slice(buf);
+            self.io.consume(n);
+            if line.len() > MAX_LINE {
+                return Err(Kind::Protocol("reply line too long".into()));
+            }
+        }
+    }
+
+    /// Reads one complete (possibly multi-line) reply; returns its raw bytes.
+    async fn read_raw_reply(&mut self) -> Result<Vec<u8>, Kind> {
+        let mut raw = Vec::with_capacity(128);
+        for _ in 0..MAX_REPLY_LINES {
+            let start = raw.len();
+            self.read_line(&mut raw).await?;
+            let line = &raw[start..];
+            if line.len() < 4 || !line[..3].iter().all(u8::is_ascii_digit) {
+                return Err(Kind::Protocol(format!(
+                    "malformed reply line '{}'",
+                    crate::tdclog::sanitize_bytes(line.trim_ascii_end())
+                )));
+            }
+            if start > 0 && line[..3] != raw[..3] {
+                return Err(Kind::Protocol("reply lines with different codes".into()));
+            }
+            if line[3] != b'-' {
+                return Ok(raw);
+            }
+        }
+        Err(Kind::Protocol("reply has too many lines".into()))
+    }
+
+    async fn read_reply(&mut self) -> Result<Reply, Kind> {
+        let raw = self.read_raw_reply().await?;
+        parse_reply(&raw)
+    }
+}
+
+/// Parses one complete reply with smtp-proto.
+fn parse_reply(raw: &[u8]) -> Result<Reply, Kind> {
+    let parsed = ResponseReceiver::default()
+        .parse(&mut raw.iter())
+        .map_err(|e| Kind::Protocol(format!("unparsable reply: {e:?}")))?;
+    let enhanced = (parsed.esc != [0, 0, 0]).then_some(parsed.esc);
+    Ok(Reply {
+        code: parsed.code,
+        enhanced,
+        text: one_line(&parsed.message),
+    })
+}
+
+fn parse_ehlo(raw: &[u8]) -> Capabilities {
+    match EhloResponse::parse(&mut raw.iter()) {
+        Ok(ehlo) => Capabilities {
+            starttls: ehlo.has_capability(EXT_START_TLS),
+            pipelining: ehlo.has_capability(EXT_PIPELINING),
+            eight_bit_mime: ehlo.has_capability(EXT_8BIT_MIME),
+            size: ehlo.has_capability(EXT_SIZE).then_some(ehlo.size),
+        },
+        Err(_) => Capabilities::default(),
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn io_kind(e: std::io::Error) -> Kind {
+    use std::io::ErrorKind as E;
+    let what = match e.kind() {
+        E::ConnectionRefused => "connection refused".to_string(),
+        E::ConnectionReset => "connection reset by the server".to_string(),
+        E::UnexpectedEof => "connection closed by the server".to_string(),
+        E::TimedOut => return Kind::Timeout,
+        _ => e.to_string(),
+    };
+    Kind::Network(what)
+}
+
+/// Runs `fut` for at most `limit`, and never past `deadline`.
+async fn staged<T>(
+    stage: Stage,
+    limit: Duration,
+    deadline: Instant,
+    fut: impl std::future::Future<Output = Result<T, Kind>>,
+) -> Result<T, DeliveryError> {
+    let until = deadline.min(Instant::now() + limit);
+    match timeout_at(until, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(kind)) => Err(DeliveryError::new(stage, kind)),
+        Err(_) => Err(DeliveryError::new(stage, Kind::Timeout)),
+    }
+}
+
+/// Fails the stage unless the reply is positive (2xx, or the given intermediate code).
+fn expect(stage: Stage, reply: Reply, ok: impl Fn(u16) -> bool) -> Result<Reply, DeliveryError> {
+    if ok(reply.code) {
+        Ok(reply)
+    } else {
+        Err(DeliveryError::new(stage, Kind::Reply(reply)))
+    }
+}
+
+fn positive(code: u16) -> bool {
+    (200..300).contains(&code)
+}
+
+/// An open, encrypted session with the intake, ready for MAIL FROM.
+pub struct Session {
+    wire: Wire<TlsStream<TcpStream>>,
+    caps: Capabilities,
+    timeouts: Timeouts,
+    pub dcid: u64,
+    pub peer: SocketAddr,
+    pub local: Option<IpAddr>,
+}
+
+/// Connects, reads the greeting, EHLO, STARTTLS (required), handshake, EHLO again.
+pub async fn open(
+    target: &Target,
+    helo_name: &str,
+    connector: &TlsConnector,
+    dcid: u64,
+    deadline: Instant,
+    timeouts: Timeouts,
+    log: &Log,
+) -> Result<Session, DeliveryError> {
+    let tcp = staged(Stage::Connect, timeouts.connect, deadline, async {
+        TcpStream::connect(target.address).await.map_err(io_kind)
+    })
+    .await?;
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok().map(|a| a.ip());
+    if let Some(interface) = local {
+        log.event(Event::NewConnection {
+            dcid,
+            interface,
+            address: target.address.ip(),
+            port: target.address.port(),
+        });
+    }
+
+    let mut plain = Wire::new(tcp);
+    let greeting = staged(Stage::Greeting, timeouts.command, deadline, plain.read_reply()).await?;
+    expect(Stage::Greeting, greeting, |c| c == 220)?;
+
+    let ehlo = format!("EHLO {helo_name}\r\n");
+    let caps = staged(Stage::Ehlo, timeouts.command, deadline, async {
+        plain.write(ehlo.as_bytes()).await?;
+        let raw = plain.read_raw_reply().await?;
+        let reply = parse_reply(&raw)?;
+        if !positive(reply.code) {
+            return Err(Kind::Reply(reply));
+        }
+        Ok(parse_ehlo(&raw))
+    })
+    .await?;
+    if !caps.starttls {
+        return Err(DeliveryError::new(
+            Stage::Ehlo,
+            Kind::TlsUnavailable("the server does not offer STARTTLS".into()),
+        ));
+    }
+
+    let reply = staged(Stage::StartTls, timeouts.command, deadline, async {
+        plain.write(b"STARTTLS\r\n").await?;
+        plain.read_reply().await
+    })
+    .await?;
+    expect(Stage::StartTls, reply, |c| c == 220)?;
+    // Bytes that arrived after the 220 were sent before encryption: accepting them
+    // would let a man in the middle inject commands into the TLS session.
+    if !plain.io.buffer().is_empty() {
+        return Err(DeliveryError::new(
+            Stage::StartTls,
+            Kind::Tls("plaintext data after the STARTTLS reply".into()),
+        ));
+    }
+    let tcp = plain.io.into_inner();
+
+    let Some(name) = tls::server_name(&target.tls_name) else {
+        return Err(DeliveryError::new(
+            Stage::TlsHandshake,
+            Kind::Tls(format!("'{}' is not a valid TLS server name", target.tls_name)),
+        ));
+    };
+    let stream = staged(Stage::TlsHandshake, timeouts.command, deadline, async {
+        connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| Kind::Tls(handshake_error(&e)))
+    })
+    .await?;
+    let (_, conn) = stream.get_ref();
+    let protocol = tls::protocol_name(conn.protocol_version());
+    let cipher = tls::cipher_name(conn.negotiated_cipher_suite().map(|s| s.suite()));
+    log.event(Event::TlsSuccess {
+        dcid,
+        protocol: &protocol,
+        cipher: &cipher,
+    });
+
+    let mut wire = Wire::new(stream);
+    let caps = staged(Stage::TlsEhlo, timeouts.command, deadline, async {
+        wire.write(ehlo.as_bytes()).await?;
+        let raw = wire.read_raw_reply().await?;
+        let reply = parse_reply(&raw)?;
+        if !positive(reply.code) {
+            return Err(Kind::Reply(reply));
+        }
+        Ok(parse_ehlo(&raw))
+    })
+    .await?;
+
+    Ok(Session {
+        wire,
+        caps,
+        timeouts,
+        dcid,
+        peer: target.address,
+        local,
+    })
+}
+
+/// A handshake failure in words: the rustls error when there is one, EOF otherwise.
+fn handshake_error(e: &std::io::Error) -> String {
+    if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        return inner.to_string();
+    }
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => "connection closed during the TLS handshake".into(),
+        _ => e.to_string(),
+    }
+}
+
+impl Session {
+    pub fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    /// One transaction: MAIL FROM, RCPT TO (exactly one intake), DATA, the dot-stuffed
+    /// message. MAIL/RCPT/DATA go in one write when the server offers PIPELINING.
+    pub async fn send(
+        &mut self,
+        from: &str,
+        to: &str,
+        message: &[u8],
+        eight_bit: bool,
+        deadline: Instant,
+    ) -> Result<Reply, DeliveryError> {
+        if eight_bit && !self.caps.eight_bit_mime {
+            return Err(DeliveryError::new(Stage::Mail, Kind::No8BitMime));
+        }
+        let mut mail = format!("MAIL FROM:<{from}>");
+        if eight_bit {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if self.caps.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", message.len()));
+        }
+        mail.push_str("\r\n");
+        let rcpt = format!("RCPT TO:<{to}>\r\n");
+        let t = self.timeouts;
+
+        if self.caps.pipelining {
+            let batch = format!("{mail}{rcpt}DATA\r\n");
+            let wire = &mut self.wire;
+            let (mail_r, rcpt_r, data_r) = staged(Stage::Mail, t.command, deadline, async {
+                wire.write(batch.as_bytes()).await?;
+                let m = wire.read_reply().await?;
+                let r = wire.read_reply().await?;
+                let d = wire.read_reply().await?;
+                Ok((m, r, d))
+            })
+            .await?;
+            // Decide in protocol order: a 503 to DATA after a refused RCPT is the
+            // RCPT's failure, not a DATA one (SPEC §5.5).
+            expect(Stage::Mail, mail_r, positive)?;
+            expect(Stage::Rcpt, rcpt_r, positive)?;
+            expect(Stage::Data, data_r, |c| c == 354)?;
+        } else {
+            let wire = &mut self.wire;
+            let r = staged(Stage::Mail, t.command, deadline, async {
+                wire.write(mail.as_bytes()).await?;
+                wire.read_reply().await
+            })
+            .await?;
+            expect(Stage::Mail, r, positive)?;
+            let r = staged(Stage::Rcpt, t.command, deadline, async {
+                wire.write(rcpt.as_bytes()).await?;
+                wire.read_reply().await
+            })
+            .await?;
+            expect(Stage::Rcpt, r, positive)?;
+            let r = staged(Stage::Data, t.command, deadline, async {
+                wire.write(b"DATA\r\n").await?;
+                wire.read_reply().await
+            })
+            .await?;
+            expect(Stage::Data, r, |c| c == 354)?;
+        }
+
+        let stuffed = dot_stuff(message);
+        let wire = &mut self.wire;
+        staged(Stage::Message, t.data_block, deadline, wire.write(&stuffed)).await?;
+        let final_deadline = deadline.max(Instant::now() + t.final_reply_grace);
+        let reply = staged(
+            Stage::Message,
+            t.command.max(t.final_reply_grace),
+            final_deadline,
+            wire.read_reply(),
+        )
+        .await?;
+        expect(Stage::Message, reply, positive)
+    }
+
+    /// RSET between transactions on one connection.
+    pub async fn reset(&mut self, deadline: Instant) -> Result<(), DeliveryError> {
+        let wire = &mut self.wire;
+        let reply = staged(Stage::Rset, self.timeouts.command, deadline, async {
+            wire.write(b"RSET\r\n").await?;
+            wire.read_reply().await
+        })
+        .await?;
+        expect(Stage::Rset, reply, positive).map(|_| ())
+    }
+
+    /// QUIT politely; the outcome of the journals is already decided, so errors here are
+    /// of no consequence.
+    pub async fn quit(mut self) {
+        let wire = &mut self.wire;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            wire.write(b"QUIT\r\n").await?;
+            wire.read_reply().await
+        })
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.wire.io.get_mut().shutdown()).await;
+    }
+}
+
+/// RFC 5321 §4.5.2 transparency: a line starting with "." gets another; the message is
+/// terminated with CRLF.CRLF (adding the CRLF when the message does not end with one).
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
+    let mut at_line_start = true;
+    for &b in message {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !message.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// Shared TLS connector, built once from the settings.
+pub fn connector(config: Arc<rustls::ClientConfig>) -> TlsConnector {
+    TlsConnector::from(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(dot_stuff(b"a\r\n.b\r\n..c\r\n"), b"a\r\n..b\r\n...c\r\n.\r\n");
+        assert_eq!(dot_stuff(b".x\r\n"), b"..x\r\n.\r\n");
+        assert_eq!(dot_stuff(b"no final crlf"), b"no final crlf\r\n.\r\n");
+        assert_eq!(dot_stuff(b"a\r\n.\r\n"), b"a\r\n..\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b"\r\n.\r\n");
+    }
+
+    #[test]
+    fn replies_parse_with_enhanced_codes() {
+        let r = parse_reply(b"550-5.1.1 no such\r\n550 5.1.1 user here\r\n").expect("parses");
+        assert_eq!(r.code, 550);
+        assert_eq!(r.enhanced, Some([5, 1, 1]));
+        assert_eq!(r.text, "no such user here");
+        let r = parse_reply(b"250 Ok\r\n").expect("parses");
+        assert_eq!((r.code, r.enhanced, r.text.as_str()), (250, None, "Ok"));
+    }
+
+    #[test]
+    fn ehlo_capabilities() {
+        let caps = parse_ehlo(
+            b"250-intake.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 STARTTLS\r\n",
+        );
+        assert_eq!(
+            caps,
+            Capabilities {
+                starttls: true,
+                pipelining: true,
+                eight_bit_mime: true,
+                size: Some(1000)
+            }
+        );
+        assert_eq!(parse_ehlo(b"250 intake.test\r\n"), Capabilities::default());
+    }
+
+    #[tokio::test]
+    async fn multi_line_and_pipelined_replies_are_kept_apart() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        server
+            .write_all(b"250-first\r\n250 second\r\n354 go ahead\r\n")
+            .await
+            .expect("write");
+        let mut wire = Wire::new(client);
+        let a = wire.read_reply().await.expect("first reply");
+        let b = wire.read_reply().await.expect("second reply");
+        assert_eq!((a.code, a.text.as_str()), (250, "first second"));
+        assert_eq!(b.code, 354);
+    }
+
+    #[tokio::test]
+    async fn malformed_and_truncated_replies_are_protocol_errors() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        server.write_all(b"hello\r\n").await.expect("write");
+        let mut wire = Wire::new(client);
+        assert!(matches!(wire.read_reply().await, Err(Kind::Protocol(_))));
+
+        let (client, mut server) = tokio::io::duplex(1024);
+        server.write_all(b"250-partial\r\n").await.expect("write");
+        drop(server);
+        let mut wire = Wire::new(client);
+        assert!(matches!(wire.read_reply().await, Err(Kind::Network(_))));
+
+        let (client, mut server) = tokio::io::duplex(16 * 1024);
+        let long = vec![b'x'; MAX_LINE + 10];
+        server.write_all(b"250 ").await.expect("write");
+        server.write_all(&long).await.expect("write");
+        let mut wire = Wire::new(client);
+        assert!(matches!(wire.read_reply().await, Err(Kind::Protocol(_))));
+    }
+}

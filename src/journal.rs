@@ -1,0 +1,364 @@
+//! The journal copy, byte for byte (`JOURNAL.md`): a short envelope report and the
+//! unaltered original as a `message/rfc822` attachment.
+//!
+//! Pure: inputs in, bytes out. We write the MIME structure ourselves rather than with a
+//! MIME builder because the layout is fixed to the byte: header order, the original's
+//! Subject passed on exactly as it arrived (folding and encoded words included), and an
+//! attachment that must never be re-encoded.
+
+use time::format_description::well_known::Rfc2822;
+use time::OffsetDateTime;
+
+/// Which journal layout to write. Only the Exchange-style envelope journal exists
+/// today; the setting keeps another layout addable without touching the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JournalFormat {
+    #[default]
+    EnvelopeReport,
+}
+
+/// The original message as the milter saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Original<'a> {
+    /// Envelope MAIL FROM without angle brackets; empty for the null sender.
+    pub sender: &'a str,
+    /// The Subject header's raw value (after the colon, CRLF line ends), if any.
+    pub subject: Option<&'a [u8]>,
+    /// The Message-ID header's value, trimmed, if any.
+    pub message_id: Option<&'a str>,
+    /// The complete original: our client-IP header first, then the headers and body
+    /// exactly as the MTA passed them, CRLF line ends.
+    pub bytes: &'a [u8],
+}
+
+/// Everything about the journal itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    /// `From:` of the journal (the journal sender).
+    pub from: &'a str,
+    /// The intake address (`To:`).
+    pub to: &'a str,
+    /// The envelope recipients that resolved to this intake.
+    pub recipients: &'a [String],
+    /// The journal's own Message-ID, with angle brackets.
+    pub message_id: &'a str,
+    pub date: OffsetDateTime,
+}
+
+/// A built journal copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Journal {
+    pub bytes: Vec<u8>,
+    /// Any byte ≥ 0x80: the intake must offer 8BITMIME and gets `BODY=8BITMIME`.
+    pub eight_bit: bool,
+}
+
+/// The `Message-ID` of a journal: unique per MID and time, in the sender's domain.
+pub fn journal_message_id(mid: u64, sender: &str, now: OffsetDateTime) -> String {
+    let domain = sender.rsplit_once('@').map_or("localhost", |(_, d)| d);
+    format!("<{}.{mid}.tdc@{domain}>", now.unix_timestamp_nanos() / 1_000_000)
+}
+
+/// Builds the journal bytes (CRLF everywhere).
+pub fn build(format: JournalFormat, envelope: &Envelope<'_>, original: &Original<'_>) -> Journal {
+    match format {
+        JournalFormat::EnvelopeReport => build_envelope_report(envelope, original),
+    }
+}
+
+fn build_envelope_report(envelope: &Envelope<'_>, original: &Original<'_>) -> Journal {
+    let report = report_text(envelope, original);
+    let (report_cte, report_body) = if report.is_ascii() {
+        ("7bit", report.into_bytes())
+    } else {
+        ("quoted-printable", quoted_printable_lines(&report))
+    };
+    let boundary = boundary_for(envelope.message_id, &[original.bytes, &report_body]);
+    let attachment_cte = if original.bytes.is_ascii() {
+        "7bit"
+    } else {
+        "8bit"
+    };
+
+    let mut out = Vec::with_capacity(original.bytes.len() + report_body.len() + 1024);
+    push_line(&mut out, &format!("From: <{}>", envelope.from));
+    push_line(&mut out, &format!("To: <{}>", envelope.to));
+    out.extend_from_slice(b"Subject:");
+    if let Some(subject) = original.subject {
+        // The value keeps its own leading space and folding; add one only if it has none.
+        if !subject.starts_with(b" ") && !subject.starts_with(b"\t") {
+            out.push(b' ');
+        }
+        out.extend_from_slice(trim_trailing_crlf(subject));
+    }
+    out.extend_from_slice(b"\r\n");
+    push_line(
+        &mut out,
+        &format!(
+            "Date: {}",
+            envelope
+                .date
+                .format(&Rfc2822)
+                .unwrap_or_else(|_| envelope.date.to_string())
+        ),
+    );
+    push_line(&mut out, &format!("Message-ID: {}", envelope.message_id));
+    push_line(&mut out, "MIME-Version: 1.0");
+    push_line(
+        &mut out,
+        &format!("Content-Type: multipart/mixed; boundary=\"{boundary}\""),
+    );
+    push_line(&mut out, "X-MS-Journal-Report:");
+    push_line(&mut out, "");
+
+    push_line(&mut out, &format!("--{boundary}"));
+    push_line(&mut out, "Content-Type: text/plain; charset=\"utf-8\"");
+    push_line(&mut out, &format!("Content-Transfer-Encoding: {report_cte}"));
+    push_line(&mut out, "");
+    out.extend_from_slice(&report_body);
+    push_line(&mut out, "");
+
+    push_line(&mut out, &format!("--{boundary}"));
+    push_line(&mut out, "Content-Type: message/rfc822");
+    push_line(&mut out, "Content-Disposition: attachment");
+    push_line(&mut out, &format!("Content-Transfer-Encoding: {attachment_cte}"));
+    push_line(&mut out, "");
+    out.extend_from_slice(original.bytes);
+    // The CRLF before a boundary belongs to the boundary (RFC 2046 §5.1.1), so the
+    // original keeps its own final line end.
+    push_line(&mut out, "");
+    push_line(&mut out, &format!("--{boundary}--"));
+
+    let eight_bit = !out.is_ascii();
+    Journal {
+        bytes: out,
+        eight_bit,
+    }
+}
+
+/// The envelope report (Exchange "Envelope-Part"), one field per line, ending in CRLF.
+fn report_text(envelope: &Envelope<'_>, original: &Original<'_>) -> String {
+    let mut text = String::new();
+    let sender = if original.sender.is_empty() {
+        "<>".to_string()
+    } else {
+        one_line(original.sender)
+    };
+    text.push_str(&format!("Sender: {sender}\r\n"));
+    let subject = original.subject.map(decode_subject).unwrap_or_default();
+    text.push_str(&format!("Subject: {subject}\r\n"));
+    let message_id = original.message_id.map(one_line).unwrap_or_default();
+    text.push_str(&format!("Message-Id: {message_id}\r\n"));
+    for recipient in envelope.recipients {
+        text.push_str(&format!("Recipient: {}\r\n", one_line(recipient)));
+    }
+    text
+}
+
+/// The Subject as a reader sees it: unfolded and with encoded words decoded. Control
+/// characters (which an encoded word can smuggle in) become spaces so the report keeps
+/// one field per line.
+fn decode_subject(raw: &[u8]) -> String {
+    let mut header = Vec::with_capacity(raw.len() + 16);
+    header.extend_from_slice(b"Subject:");
+    header.extend_from_slice(trim_trailing_crlf(raw));
+    header.extend_from_slice(b"\r\n\r\n");
+    let decoded = mail_parser::MessageParser::default()
+        .parse_headers(&header)
+        .and_then(|m| m.subject().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned());
+    one_line(decoded.trim())
+}
+
+fn one_line(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Quoted-printable, encoding each CRLF-terminated line on its own so the line ends stay
+/// hard line breaks.
+fn quoted_printable_lines(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() * 2);
+    for line in text.split_terminator("\r\n") {
+        out.extend_from_slice(&quoted_printable::encode(line.as_bytes()));
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// A boundary that occurs in none of the parts (RFC 2046 §5.1.1).
+fn boundary_for(seed: &str, parts: &[&[u8]]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut attempt: u32 = 0;
+    loop {
+        let candidate = format!("----=_TDC_{hash:016x}_{attempt}");
+        if !parts.iter().any(|p| contains(p, candidate.as_bytes())) {
+            return candidate;
+        }
+        attempt += 1;
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn trim_trailing_crlf(value: &[u8]) -> &[u8] {
+    let mut v = value;
+    while let Some(rest) = v.strip_suffix(b"\n") {
+        v = rest.strip_suffix(b"\r").unwrap_or(rest);
+    }
+    v
+}
+
+fn push_line(out: &mut Vec<u8>, line: &str) {
+    out.extend_from_slice(line.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mail_parser::MimeHeaders;
+
+    fn date() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_795_000_000).expect("valid")
+    }
+
+    fn recipients(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    const ORIGINAL: &[u8] = b"X-IronPort-RemoteIP: 192.0.2.7\r\nFrom: a@example.org\r\nSubject: hello\r\n there\r\nMessage-ID: <m1@example.org>\r\n\r\nbody line\r\n";
+
+    fn build_plain(original: &[u8], subject: Option<&[u8]>, rcpts: &[String]) -> Journal {
+        build(
+            JournalFormat::EnvelopeReport,
+            &Envelope {
+                from: "tdc@gw.example.org",
+                to: "5f1c2e@intake.example.net",
+                recipients: rcpts,
+                message_id: "<1.1.tdc@gw.example.org>",
+                date: date(),
+            },
+            &Original {
+                sender: "a@example.org",
+                subject,
+                message_id: Some("<m1@example.org>"),
+                bytes: original,
+            },
+        )
+    }
+
+    #[test]
+    fn layout_is_byte_exact() {
+        let rcpts = recipients(&["b@example.com", "c@example.com"]);
+        let j = build_plain(ORIGINAL, Some(b" hello\r\n there"), &rcpts);
+        let b = boundary_for("<1.1.tdc@gw.example.org>", &[]);
+        let expected = format!(
+            "From: <tdc@gw.example.org>\r\nTo: <5f1c2e@intake.example.net>\r\nSubject: hello\r\n there\r\nDate: Wed, 18 Nov 2026 11:06:40 +0000\r\nMessage-ID: <1.1.tdc@gw.example.org>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"{b}\"\r\nX-MS-Journal-Report:\r\n\r\n--{b}\r\nContent-Type: text/plain; charset=\"utf-8\"\r\nContent-Transfer-Encoding: 7bit\r\n\r\nSender: a@example.org\r\nSubject: hello there\r\nMessage-Id: <m1@example.org>\r\nRecipient: b@example.com\r\nRecipient: c@example.com\r\n\r\n--{b}\r\nContent-Type: message/rfc822\r\nContent-Disposition: attachment\r\nContent-Transfer-Encoding: 7bit\r\n\r\n{}\r\n--{b}--\r\n",
+            String::from_utf8_lossy(ORIGINAL)
+        );
+        assert_eq!(String::from_utf8_lossy(&j.bytes), expected);
+        assert!(!j.eight_bit);
+    }
+
+    #[test]
+    fn independent_parser_sees_report_and_unaltered_original() {
+        let original: &[u8] = b"X-IronPort-RemoteIP: 192.0.2.7\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n\r\n.leading dot\r\n8-bit \xe9\xff\r\n";
+        let rcpts = recipients(&["b@example.com"]);
+        let j = build_plain(original, Some(b" =?utf-8?q?Gr=C3=BC=C3=9Fe?="), &rcpts);
+        assert!(j.eight_bit);
+        let msg = mail_parser::MessageParser::default()
+            .parse(&j.bytes)
+            .expect("journal parses");
+        assert_eq!(msg.parts.len(), 3, "root, report, attachment");
+        let report = msg.body_text(0).expect("report part");
+        assert!(report.contains("Subject: Grüße\r\n") || report.contains("Subject: Grüße\n"));
+        assert!(report.contains("Recipient: b@example.com"));
+        let attached = msg.attachment(0).expect("attachment");
+        assert_eq!(
+            attached.content_type().map(|c| (c.ctype(), c.subtype())),
+            Some(("message", Some("rfc822")))
+        );
+        // The attachment's raw bytes are exactly the original.
+        let raw = &j.bytes[attached.raw_body_offset() as usize..attached.raw_end_offset() as usize];
+        assert_eq!(raw, original);
+        assert!(String::from_utf8_lossy(&j.bytes).contains("Content-Transfer-Encoding: 8bit\r\n"));
+    }
+
+    #[test]
+    fn non_ascii_report_is_quoted_printable() {
+        let rcpts = recipients(&["jürgen@bücher.example"]);
+        let j = build_plain(ORIGINAL, Some(b" hello"), &rcpts);
+        let text = String::from_utf8_lossy(&j.bytes);
+        assert!(text.contains("Content-Transfer-Encoding: quoted-printable\r\n"));
+        assert!(text.contains("Recipient: j=C3=BCrgen@b=C3=BCcher.example\r\n"));
+        assert!(!j.eight_bit, "the report alone stays 7-bit");
+    }
+
+    #[test]
+    fn missing_subject_and_message_id_leave_empty_fields() {
+        let rcpts = recipients(&["b@example.com"]);
+        let j = build(
+            JournalFormat::EnvelopeReport,
+            &Envelope {
+                from: "tdc@gw",
+                to: "i@x",
+                recipients: &rcpts,
+                message_id: "<1@gw>",
+                date: date(),
+            },
+            &Original {
+                sender: "",
+                subject: None,
+                message_id: None,
+                bytes: b"X-IronPort-RemoteIP: 192.0.2.7\r\n\r\n",
+            },
+        );
+        let text = String::from_utf8_lossy(&j.bytes);
+        assert!(text.contains("\r\nSubject:\r\nDate:"));
+        assert!(text.contains("Sender: <>\r\nSubject: \r\nMessage-Id: \r\nRecipient: b@example.com\r\n"));
+    }
+
+    #[test]
+    fn encoded_control_characters_cannot_forge_report_lines() {
+        let rcpts = recipients(&["b@example.com"]);
+        let j = build_plain(
+            ORIGINAL,
+            Some(b" =?utf-8?q?hi=0D=0ARecipient:_evil@x?="),
+            &rcpts,
+        );
+        let text = String::from_utf8_lossy(&j.bytes);
+        assert!(text.contains("Subject: hi  Recipient: evil@x\r\n"), "{text}");
+        assert_eq!(text.matches("\r\nRecipient:").count(), 1);
+    }
+
+    #[test]
+    fn boundary_never_occurs_in_the_original() {
+        let first = boundary_for("<1.1.tdc@gw.example.org>", &[]);
+        let hostile = format!("X-IronPort-RemoteIP: 192.0.2.7\r\n\r\n--{first}--\r\n");
+        let rcpts = recipients(&["b@example.com"]);
+        let j = build_plain(hostile.as_bytes(), None, &rcpts);
+        let chosen = boundary_for("<1.1.tdc@gw.example.org>", &[hostile.as_bytes()]);
+        assert_ne!(first, chosen);
+        assert!(String::from_utf8_lossy(&j.bytes).contains(&format!("boundary=\"{chosen}\"")));
+        let msg = mail_parser::MessageParser::default()
+            .parse(&j.bytes)
+            .expect("parses");
+        let attached = msg.attachment(0).expect("attachment");
+        let raw = &j.bytes[attached.raw_body_offset() as usize..attached.raw_end_offset() as usize];
+        assert_eq!(raw, hostile.as_bytes());
+    }
+
+    #[test]
+    fn message_id_uses_the_sender_domain() {
+        let id = journal_message_id(42, "tdc@gw.example.org", date());
+        assert_eq!(id, "<1795000000000.42.tdc@gw.example.org>");
+    }
+}

@@ -1,0 +1,112 @@
+//! tdc-milter: the Threat Defense Connector for Postfix and Sendmail.
+//!
+//! Every clean incoming message that matches an incoming mail policy is journaled to a
+//! Secure Email Threat Defense message intake address. Data flows one way:
+//!
+//! ```text
+//! MTA ──milter──▶ milter (collect; end of message: accept the original, always)
+//!                   │
+//!                   ▼
+//!                 policy (recipient → intake address; one job per intake)
+//!                   ▼
+//!                 journal (report + original as message/rfc822)
+//!                   ▼
+//!                 queue (the.tdc.queue: decides outcomes, logs them)
+//!                   ▼
+//!                 delivery (route, SMTP + STARTTLS ≥ 1.2 → intake)
+//! ```
+//!
+//! `config` and `tdclog` are leaves that every module may use. This library exists for
+//! the binary and the integration tests; it makes no API promises.
+
+pub mod config;
+pub mod delivery;
+pub mod journal;
+pub mod milter;
+pub mod policy;
+pub mod queue;
+pub mod tdclog;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use config::Settings;
+use tdclog::{Event, Log, Severity};
+
+/// How long in-flight deliveries may run on after the milter has stopped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub enum RunError {
+    /// The delivery side could not be set up (TLS roots, resolver).
+    Delivery(String),
+    /// The milter listener failed.
+    Milter(std::io::Error),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Delivery(e) => write!(f, "cannot set up delivery to the intake: {e}"),
+            RunError::Milter(e) => write!(f, "milter listener failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// Runs the daemon on a bound listener until `shutdown` completes, then lets running
+/// deliveries finish (for a bounded time).
+pub async fn run(
+    listener: impl indymilter::Listener,
+    settings: Settings,
+    log: Log,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let deliverer = delivery::Deliverer::new(&settings, log.clone()).map_err(RunError::Delivery)?;
+    if !settings.delivery.tls.verify {
+        log.event(Event::TlsVerifyOff);
+    }
+    let (queue, scheduler) = queue::new(
+        deliverer,
+        settings.delivery.lifetime,
+        settings.delivery.max_connections,
+        log.clone(),
+    );
+    let delivering = tokio::spawn(scheduler.run());
+
+    let listen = describe_socket(&settings);
+    log.event(Event::Starting {
+        version: env!("CARGO_PKG_VERSION"),
+        listen: &listen,
+    });
+    let shared = Arc::new(milter::Shared {
+        settings: Arc::new(settings),
+        queue,
+        log: log.clone(),
+    });
+    let config = indymilter::Config::default();
+    let served = indymilter::run(listener, milter::callbacks(shared), config, shutdown).await;
+
+    // The callbacks (and with them the last queue handle) are gone: the scheduler ends
+    // once the journals already handed over are delivered.
+    if tokio::time::timeout(SHUTDOWN_GRACE, delivering).await.is_err() {
+        log.line(
+            Severity::Warning,
+            "TDC: deliveries still running at shutdown were abandoned",
+        );
+    }
+    log.event(Event::Stopping);
+    served.map_err(RunError::Milter)
+}
+
+fn describe_socket(settings: &Settings) -> String {
+    match &settings.milter.listen {
+        config::SocketSpec::Inet { host, port } if host.contains(':') => {
+            format!("inet:[{host}]:{port}")
+        }
+        config::SocketSpec::Inet { host, port } => format!("inet:{host}:{port}"),
+        config::SocketSpec::Unix(path) => format!("unix:{}", path.display()),
+    }
+}

@@ -1,0 +1,128 @@
+//! The `tdc-milter` command: parses arguments, loads the settings, binds the milter
+//! socket, wires signals, and maps errors to exit codes. The work is in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use indymilter::EitherListener;
+use tdc_milter::config::{Settings, SocketSpec, DEFAULT_PATH};
+use tdc_milter::tdclog::Log;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(
+    name = "tdc-milter",
+    version,
+    about = "Threat Defense Connector milter: journals clean incoming mail to a Secure Email Threat Defense intake"
+)]
+struct Cli {
+    /// Settings file
+    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = DEFAULT_PATH, global = true)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (systemd runs this)
+    Run {
+        /// Where the log lines go: syslog facility mail, or stderr
+        #[arg(long, value_enum, default_value_t = LogTarget::Syslog)]
+        log: LogTarget,
+    },
+    /// Validate the settings file: exit 0 if valid, else 1 with file:line:column errors
+    CheckConfig,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogTarget {
+    Syslog,
+    Stderr,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig => check_config(&cli.config),
+        Command::Run { log } => {
+            let log = match log {
+                LogTarget::Syslog => Log::syslog(),
+                LogTarget::Stderr => Log::stderr(),
+            };
+            match run(&cli.config, log) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tdc-milter: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match Settings::load(path) {
+        Ok(_) => {
+            println!("{}: settings are valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &Path, log: Log) -> Result<(), String> {
+    let settings = Settings::load(path).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        // Signals first, so an early SIGTERM is not lost.
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        let listen = settings.milter.listen.clone();
+        let listener = bind(&listen).await?;
+        let result = tdc_milter::run(listener, settings, log, shutdown).await;
+        if let SocketSpec::Unix(path) = &listen {
+            remove_stale_socket(path);
+        }
+        result.map_err(|e| e.to_string())
+    })
+}
+
+async fn bind(spec: &SocketSpec) -> Result<EitherListener<TcpListener, UnixListener>, String> {
+    match spec {
+        SocketSpec::Inet { host, port } => TcpListener::bind((host.as_str(), *port))
+            .await
+            .map(EitherListener::Tcp)
+            .map_err(|e| format!("cannot listen on inet:{host}:{port}: {e}")),
+        SocketSpec::Unix(path) => {
+            remove_stale_socket(path);
+            UnixListener::bind(path)
+                .map(EitherListener::Unix)
+                .map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))
+        }
+    }
+}
+
+/// Removes a socket left by an earlier run; anything that is not a socket stays.
+fn remove_stale_socket(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

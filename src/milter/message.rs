@@ -1,0 +1,216 @@
+//! One message as the milter sees it: envelope, the original rebuilt byte for byte
+//! from the header and body callbacks, and what the checks need.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::config::JournalSettings;
+
+/// The state of one SMTP transaction (MAIL … end of message).
+#[derive(Debug, Default)]
+pub struct Message {
+    /// Envelope sender as the MTA passed it (with or without angle brackets).
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// The original: headers (`name:value` CRLF, folding kept), CRLF, body.
+    original: BytesMut,
+    /// Size of the original so far, counted even after we stop storing it.
+    size: u64,
+    over_limit: bool,
+    pub subject: Option<Vec<u8>>,
+    pub message_id: Option<String>,
+    /// A configured "not clean" verdict header was present.
+    pub not_clean: bool,
+}
+
+impl Message {
+    pub fn new(sender: String) -> Message {
+        Message {
+            sender,
+            ..Message::default()
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn over_limit(&self) -> bool {
+        self.over_limit
+    }
+
+    /// The original without our client-IP header.
+    #[cfg(test)]
+    pub fn original(&self) -> &[u8] {
+        &self.original
+    }
+
+    /// Adds one header. `value` is everything after the colon; with the milter option
+    /// LEADING_SPACE it is exact, otherwise the MTA dropped one space that we put back.
+    /// A copy of the client-IP header already present is the sender's forgery and is
+    /// left out of the journal's copy (the delivered original is untouched).
+    pub fn add_header(
+        &mut self,
+        name: &[u8],
+        value: &[u8],
+        exact_value: bool,
+        settings: &JournalSettings,
+    ) {
+        let name_str = String::from_utf8_lossy(name);
+        let value = ensure_crlf(value);
+        if name_str.eq_ignore_ascii_case("subject") && self.subject.is_none() {
+            self.subject = Some(if exact_value {
+                value.clone()
+            } else {
+                [b" ".as_slice(), &value].concat()
+            });
+        }
+        if name_str.eq_ignore_ascii_case("message-id") && self.message_id.is_none() {
+            self.message_id = Some(String::from_utf8_lossy(&value).trim().to_string());
+        }
+        if settings.not_clean.iter().any(|v| {
+            name_str.eq_ignore_ascii_case(&v.header)
+                && String::from_utf8_lossy(&value)
+                    .trim()
+                    .eq_ignore_ascii_case(v.value.trim())
+        }) {
+            self.not_clean = true;
+        }
+        if name_str.eq_ignore_ascii_case(&settings.client_ip_header) {
+            return;
+        }
+        let space = if exact_value { 0 } else { 1 };
+        self.append(name.len() + 1 + space + value.len() + 2, settings.max_size, |buf| {
+            buf.put_slice(name);
+            buf.put_u8(b':');
+            if !exact_value {
+                buf.put_u8(b' ');
+            }
+            buf.put_slice(&value);
+            buf.put_slice(b"\r\n");
+        });
+    }
+
+    pub fn end_of_headers(&mut self, settings: &JournalSettings) {
+        self.append(2, settings.max_size, |buf| buf.put_slice(b"\r\n"));
+    }
+
+    pub fn add_body(&mut self, chunk: &[u8], settings: &JournalSettings) {
+        self.append(chunk.len(), settings.max_size, |buf| buf.put_slice(chunk));
+    }
+
+    /// Appends unless the original has grown past the journal size limit; past it, only
+    /// the size is counted and the stored bytes are released.
+    fn append(&mut self, len: usize, max_size: u64, write: impl FnOnce(&mut BytesMut)) {
+        self.size = self.size.saturating_add(len as u64);
+        if self.over_limit {
+            return;
+        }
+        if self.size > max_size {
+            self.over_limit = true;
+            self.original = BytesMut::new();
+            return;
+        }
+        write(&mut self.original);
+    }
+
+    /// The attached original: our client-IP header first, then the message.
+    pub fn attached_original(&self, header: &str, client_ip: Option<&str>) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.original.len() + header.len() + 48);
+        if let Some(ip) = client_ip {
+            out.put_slice(header.as_bytes());
+            out.put_slice(b": ");
+            out.put_slice(ip.as_bytes());
+            out.put_slice(b"\r\n");
+        }
+        out.put_slice(&self.original);
+        out.freeze()
+    }
+}
+
+/// Folded header values arrive LF-separated (libmilter convention); RFC 5322 wants CRLF.
+fn ensure_crlf(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + 8);
+    let mut previous = 0u8;
+    for &b in value {
+        if b == b'\n' && previous != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        previous = b;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HeaderVerdict;
+
+    fn settings(max_size: u64) -> JournalSettings {
+        JournalSettings {
+            sender: "tdc@gw.test".into(),
+            client_ip_header: "X-IronPort-RemoteIP".into(),
+            max_size,
+            not_clean: vec![HeaderVerdict {
+                header: "X-Spam-Flag".into(),
+                value: "YES".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn rebuilds_headers_exactly_and_drops_forged_client_ip() {
+        let s = settings(1 << 20);
+        let mut m = Message::new("<a@b>".into());
+        m.add_header(b"Subject", b" folded\n\tline", true, &s);
+        m.add_header(b"x-ironport-remoteip", b" 6.6.6.6", true, &s);
+        m.add_header(b"Message-ID", b" <id@x> ", true, &s);
+        m.add_header(b"X-Bare", b"no-space", true, &s);
+        m.end_of_headers(&s);
+        m.add_body(b"body\r\n", &s);
+        assert_eq!(
+            m.original(),
+            b"Subject: folded\r\n\tline\r\nMessage-ID: <id@x> \r\nX-Bare:no-space\r\n\r\nbody\r\n"
+        );
+        assert_eq!(m.subject.as_deref(), Some(b" folded\r\n\tline".as_slice()));
+        assert_eq!(m.message_id.as_deref(), Some("<id@x>"));
+        assert_eq!(
+            &m.attached_original("X-IronPort-RemoteIP", Some("192.0.2.1"))[..],
+            b"X-IronPort-RemoteIP: 192.0.2.1\r\nSubject: folded\r\n\tline\r\nMessage-ID: <id@x> \r\nX-Bare:no-space\r\n\r\nbody\r\n"
+        );
+    }
+
+    #[test]
+    fn restores_the_space_when_leading_space_was_not_negotiated() {
+        let s = settings(1 << 20);
+        let mut m = Message::new("<a@b>".into());
+        m.add_header(b"Subject", b"hi", false, &s);
+        assert_eq!(m.original(), b"Subject: hi\r\n");
+        assert_eq!(m.subject.as_deref(), Some(b" hi".as_slice()));
+    }
+
+    #[test]
+    fn not_clean_verdict_is_case_insensitive() {
+        let s = settings(1 << 20);
+        let mut m = Message::new("<a@b>".into());
+        m.add_header(b"x-spam-flag", b" yes ", true, &s);
+        assert!(m.not_clean);
+        let mut m = Message::new("<a@b>".into());
+        m.add_header(b"X-Spam-Flag", b" NO", true, &s);
+        assert!(!m.not_clean);
+    }
+
+    #[test]
+    fn stops_storing_past_the_size_limit_but_keeps_counting() {
+        let s = settings(20);
+        let mut m = Message::new("<a@b>".into());
+        m.add_header(b"Subject", b" hi", true, &s);
+        m.end_of_headers(&s);
+        assert!(!m.over_limit());
+        m.add_body(b"0123456789\r\n", &s);
+        assert!(m.over_limit());
+        assert!(m.original().is_empty());
+        m.add_body(b"more\r\n", &s);
+        assert_eq!(m.size(), 13 + 2 + 12 + 6);
+    }
+}

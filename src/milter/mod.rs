@@ -1,0 +1,266 @@
+//! The indymilter callbacks. They collect the envelope and the message, and at end of
+//! message hand over to policy → journal → queue. They fail open: whatever goes wrong
+//! here, the original is accepted, and the trouble is logged.
+//!
+//! No callback does network I/O: the MTA waits on every callback, and delivery to the
+//! intake can take as long as its lifetime.
+
+mod message;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use indymilter::{
+    Actions, Callbacks, Context, EomContext, MacroStage, NegotiateContext, ProtoOpts,
+    SocketInfo, Status,
+};
+use time::OffsetDateTime;
+
+use crate::config::Settings;
+use crate::journal::{self, JournalFormat};
+use crate::policy;
+use crate::queue::{Entry, Queue};
+use crate::tdclog::{Event, Log};
+use message::Message;
+
+/// What all milter connections share.
+pub struct Shared {
+    pub settings: Arc<Settings>,
+    pub queue: Queue,
+    pub log: Log,
+}
+
+/// Per MTA connection.
+#[derive(Debug, Default)]
+pub struct Connection {
+    client_ip: Option<IpAddr>,
+    /// LEADING_SPACE was negotiated: header values arrive exactly as sent.
+    exact_header_values: bool,
+    message: Option<Message>,
+}
+
+pub fn callbacks(shared: Arc<Shared>) -> Callbacks<Connection> {
+    let header_shared = shared.clone();
+    let eoh_shared = shared.clone();
+    let body_shared = shared.clone();
+    Callbacks::new()
+        .on_negotiate(|cx, _actions, opts| Box::pin(negotiate(cx, opts)))
+        .on_connect(|cx, _host, socket| Box::pin(connect(cx, socket)))
+        .on_mail(|cx, args| Box::pin(mail(cx, args)))
+        .on_rcpt(|cx, args| Box::pin(rcpt(cx, args)))
+        .on_header(move |cx, name, value| {
+            let shared = header_shared.clone();
+            Box::pin(async move {
+                let (exact, Some(msg)) = message_of(cx) else {
+                    return Status::Continue;
+                };
+                msg.add_header(
+                    name.as_bytes(),
+                    value.as_bytes(),
+                    exact,
+                    &shared.settings.journal,
+                );
+                Status::Continue
+            })
+        })
+        .on_eoh(move |cx| {
+            let shared = eoh_shared.clone();
+            Box::pin(async move {
+                if let (_, Some(msg)) = message_of(cx) {
+                    msg.end_of_headers(&shared.settings.journal);
+                }
+                Status::Continue
+            })
+        })
+        .on_body(move |cx, chunk| {
+            let shared = body_shared.clone();
+            Box::pin(async move {
+                if let (_, Some(msg)) = message_of(cx) {
+                    msg.add_body(&chunk, &shared.settings.journal);
+                }
+                Status::Continue
+            })
+        })
+        .on_eom(move |cx| Box::pin(end_of_message(shared.clone(), cx)))
+        .on_abort(|cx| {
+            Box::pin(async move {
+                if let Some(conn) = cx.data.as_mut() {
+                    conn.message = None;
+                }
+                Status::Continue
+            })
+        })
+        .on_close(|cx| {
+            Box::pin(async move {
+                cx.data = None;
+                Status::Continue
+            })
+        })
+}
+
+fn message_of(cx: &mut Context<Connection>) -> (bool, Option<&mut Message>) {
+    match cx.data.as_mut() {
+        Some(conn) => (conn.exact_header_values, conn.message.as_mut()),
+        None => (false, None),
+    }
+}
+
+async fn negotiate(cx: &mut NegotiateContext<Connection>, offered: ProtoOpts) -> Status {
+    // We change nothing in the message: ask for no modification actions at all.
+    cx.requested_actions = Actions::REQUEST_MACROS;
+    let exact = offered.contains(ProtoOpts::LEADING_SPACE);
+    if exact {
+        cx.requested_opts |= ProtoOpts::LEADING_SPACE;
+    }
+    // Asking for a stage's list replaces the MTA's default list for that stage, so
+    // each list names everything we read there. {daemon_name} comes with the default
+    // connect macros of both Postfix and Sendmail.
+    cx.requested_macros
+        .insert(MacroStage::Mail, c"{auth_authen}".into());
+    cx.requested_macros
+        .insert(MacroStage::Eom, c"i {auth_authen}".into());
+    cx.data = Some(Connection {
+        exact_header_values: exact,
+        ..Connection::default()
+    });
+    Status::Continue
+}
+
+async fn connect(cx: &mut Context<Connection>, socket: SocketInfo) -> Status {
+    let conn = cx.data.get_or_insert_with(Connection::default);
+    conn.client_ip = match socket {
+        SocketInfo::Inet(addr) => Some(addr.ip()),
+        _ => None,
+    };
+    Status::Continue
+}
+
+async fn mail(cx: &mut Context<Connection>, args: Vec<std::ffi::CString>) -> Status {
+    let sender = args
+        .first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let conn = cx.data.get_or_insert_with(Connection::default);
+    conn.message = Some(Message::new(sender));
+    Status::Continue
+}
+
+async fn rcpt(cx: &mut Context<Connection>, args: Vec<std::ffi::CString>) -> Status {
+    if let (Some(msg), Some(rcpt)) = (
+        cx.data.as_mut().and_then(|c| c.message.as_mut()),
+        args.first(),
+    ) {
+        msg.recipients.push(rcpt.to_string_lossy().into_owned());
+    }
+    // Never Accept here: that would hide the remaining recipients from us.
+    Status::Continue
+}
+
+fn macro_value(cx: &EomContext<Connection>, name: &std::ffi::CStr) -> Option<String> {
+    cx.macros
+        .get(name)
+        .map(|v| v.to_string_lossy().into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+async fn end_of_message(shared: Arc<Shared>, cx: &mut EomContext<Connection>) -> Status {
+    let queue_id = macro_value(cx, c"i").unwrap_or_else(|| "NONE".into());
+    let authenticated = macro_value(cx, c"{auth_authen}").is_some();
+    let daemon_name = macro_value(cx, c"{daemon_name}");
+    let Some(conn) = cx.data.as_mut() else {
+        return Status::Accept;
+    };
+    let Some(msg) = conn.message.take() else {
+        return Status::Accept;
+    };
+    let context = MessageContext {
+        queue_id: &queue_id,
+        authenticated,
+        daemon_name: daemon_name.as_deref(),
+        client_ip: conn.client_ip,
+    };
+    journal_message(&shared, &context, &msg);
+    // The original always goes on, whatever happened to its journals.
+    Status::Accept
+}
+
+/// What the MTA told us about the message besides its content.
+struct MessageContext<'a> {
+    queue_id: &'a str,
+    authenticated: bool,
+    daemon_name: Option<&'a str>,
+    client_ip: Option<IpAddr>,
+}
+
+/// Incoming? Clean? Which intakes? Then build and enqueue one journal per intake.
+fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message) {
+    let settings = &shared.settings;
+    if !settings.enabled || cx.authenticated || msg.not_clean {
+        return;
+    }
+    let daemons = &settings.incoming.daemon_names;
+    if !daemons.is_empty() && !cx.daemon_name.is_some_and(|d| daemons.iter().any(|n| n == d)) {
+        return;
+    }
+    let jobs = policy::resolve(settings, &msg.sender, &msg.recipients);
+    if jobs.is_empty() {
+        return;
+    }
+    let message_id = msg.message_id.as_deref().unwrap_or("");
+    if msg.over_limit() {
+        shared.log.event(Event::NotJournaled {
+            queue_id: cx.queue_id,
+            message_id,
+            reason: &format!(
+                "size {} bytes exceeds journal.max_size {} bytes",
+                msg.size(),
+                settings.journal.max_size
+            ),
+        });
+        return;
+    }
+    let client_ip = cx.client_ip.map(|ip| ip.to_string());
+    let original = msg.attached_original(&settings.journal.client_ip_header, client_ip.as_deref());
+    let sender = policy::strip_brackets(&msg.sender);
+    for job in jobs {
+        let mid = shared.queue.next_mid();
+        let now = OffsetDateTime::now_utc();
+        let journal_id = journal::journal_message_id(mid, &settings.journal.sender, now);
+        let built = journal::build(
+            JournalFormat::default(),
+            &journal::Envelope {
+                from: &settings.journal.sender,
+                to: &job.intake,
+                recipients: &job.recipients,
+                message_id: &journal_id,
+                date: now,
+            },
+            &journal::Original {
+                sender,
+                subject: msg.subject.as_deref(),
+                message_id: msg.message_id.as_deref(),
+                bytes: &original,
+            },
+        );
+        let entry = Entry {
+            mid,
+            sender: settings.journal.sender.clone(),
+            intake: job.intake.clone(),
+            message: built.bytes.into(),
+            eight_bit: built.eight_bit,
+        };
+        match shared.queue.enqueue(entry) {
+            Ok(()) => shared.log.event(Event::Enqueued {
+                mid,
+                message_id,
+                intake: &job.intake,
+                queue_id: cx.queue_id,
+            }),
+            Err(e) => shared.log.event(Event::NotJournaled {
+                queue_id: cx.queue_id,
+                message_id,
+                reason: &e.to_string(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,500 @@
+//! Every line tdc-milter writes to the mail log, rendered in one place.
+//!
+//! The wording of the `TDC:` lines follows the appliance's samples
+//! (`reference/seg-per-policy-journaling.txt`) so that log tooling written for the
+//! appliance works unchanged. Values that come from a message (Message-ID,
+//! addresses, server replies) pass through [`sanitize`] first: no control
+//! character, and so no forged extra log line, can reach the log.
+
+use std::fmt;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
+use time::OffsetDateTime;
+
+/// The appliance's product name in the outcome lines.
+const SETD: &str = "Cisco Secure Email Threat Defense";
+
+/// The appliance's severity words; they are part of the message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Debug,
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    fn word(self) -> &'static str {
+        match self {
+            Severity::Debug => "Debug",
+            Severity::Info => "Info",
+            Severity::Warning => "Warning",
+            Severity::Critical => "Critical",
+        }
+    }
+}
+
+/// One thing worth a log line. Adding an event means adding its wording here, nowhere else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<'a> {
+    Starting {
+        version: &'a str,
+        listen: &'a str,
+    },
+    Stopping,
+    /// Warning at start when certificate checks are off.
+    TlsVerifyOff,
+    /// A journal entered the.tdc.queue.
+    Enqueued {
+        mid: u64,
+        message_id: &'a str,
+        intake: &'a str,
+        queue_id: &'a str,
+    },
+    /// The original was not journaled (size, internal error, ...), with the reason.
+    NotJournaled {
+        queue_id: &'a str,
+        message_id: &'a str,
+        reason: &'a str,
+    },
+    NewConnection {
+        dcid: u64,
+        interface: IpAddr,
+        address: IpAddr,
+        port: u16,
+    },
+    TlsSuccess {
+        dcid: u64,
+        protocol: &'a str,
+        cipher: &'a str,
+    },
+    DeliveryStart {
+        dcid: u64,
+        mid: u64,
+    },
+    Delivered {
+        mid: u64,
+    },
+    Finished {
+        mid: u64,
+    },
+    /// A connection could not be made or was lost.
+    ConnectionError {
+        dcid: u64,
+        address: Option<IpAddr>,
+        port: u16,
+        details: &'a str,
+        interface: Option<IpAddr>,
+        reason: &'a str,
+    },
+    DnsError {
+        domain: &'a str,
+        detail: &'a str,
+    },
+    TlsFailed {
+        mid: u64,
+    },
+    /// Why an attempt failed, in our words, before the appliance's outcome line.
+    FailureDetail {
+        mid: u64,
+        detail: &'a str,
+    },
+    HardBounced {
+        mid: u64,
+    },
+    Bounced {
+        dcid: u64,
+        mid: u64,
+        response: &'a str,
+    },
+}
+
+impl Event<'_> {
+    pub fn severity(&self) -> Severity {
+        match self {
+            Event::TlsVerifyOff | Event::NotJournaled { .. } => Severity::Warning,
+            _ => Severity::Info,
+        }
+    }
+}
+
+impl fmt::Display for Event<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Starting { version, listen } => {
+                write!(f, "tdc-milter {version} starting, milter socket {listen}")
+            }
+            Event::Stopping => write!(f, "tdc-milter stopping"),
+            Event::TlsVerifyOff => write!(
+                f,
+                "TDC: certificate verification of the message intake is off (delivery.tls.verify: false)"
+            ),
+            Event::Enqueued {
+                mid,
+                message_id,
+                intake,
+                queue_id,
+            } => write!(
+                f,
+                "TDC: MID {mid} with Message-ID '{}' enqueued for forwarding to {SETD} to the message intake address {} (queue ID {})",
+                sanitize(message_id),
+                sanitize(intake),
+                sanitize(queue_id)
+            ),
+            Event::NotJournaled {
+                queue_id,
+                message_id,
+                reason,
+            } => write!(
+                f,
+                "TDC: message with Message-ID '{}' (queue ID {}) not journaled: {}",
+                sanitize(message_id),
+                sanitize(queue_id),
+                sanitize(reason)
+            ),
+            Event::NewConnection {
+                dcid,
+                interface,
+                address,
+                port,
+            } => write!(
+                f,
+                "TDC: New SMTP DCID {dcid} interface {interface} address {address} port {port}"
+            ),
+            Event::TlsSuccess {
+                dcid,
+                protocol,
+                cipher,
+            } => write!(f, "DCID {dcid} TLS success protocol {protocol} cipher {cipher}"),
+            Event::DeliveryStart { dcid, mid } => {
+                write!(f, "TDC: Delivery start DCID {dcid} MID {mid}")
+            }
+            Event::Delivered { mid } => write!(
+                f,
+                "TDC: MID {mid} successfully delivered for scanning with {SETD}."
+            ),
+            Event::Finished { mid } => write!(f, "Message finished MID {mid} done"),
+            Event::ConnectionError {
+                dcid,
+                address,
+                port,
+                details,
+                interface,
+                reason,
+            } => {
+                let address = address.map_or_else(|| "-".to_string(), |a| a.to_string());
+                let interface = interface.map_or_else(|| "-".to_string(), |a| a.to_string());
+                write!(
+                    f,
+                    "TDC: Connection Error: DCID {dcid} domain: the.tdc.queue IP: {address} port: {port} details: {} interface: {interface} reason: {}",
+                    sanitize(details),
+                    sanitize(reason)
+                )
+            }
+            Event::DnsError { domain, detail } => {
+                write!(f, "DNS Error {} {}", sanitize(domain), sanitize(detail))
+            }
+            Event::TlsFailed { mid } => {
+                write!(f, "TDC: MID {mid} delivery failed to {SETD}: TLS Error.")
+            }
+            Event::FailureDetail { mid, detail } => {
+                write!(f, "TDC: MID {mid} delivery attempt failed: {}", sanitize(detail))
+            }
+            Event::HardBounced { mid } => {
+                write!(f, "TDC: MID {mid} delivery failed to {SETD}: Hard Bounced.")
+            }
+            Event::Bounced {
+                dcid,
+                mid,
+                response,
+            } => write!(
+                f,
+                "Bounced: DCID {dcid} MID {mid} to RID 0 - Bounced by destination server with response: {}",
+                sanitize(response)
+            ),
+        }
+    }
+}
+
+/// Makes a value taken from a message or a peer safe for a one-line log entry:
+/// control characters (CR, LF, NUL, ...) become `\xNN`, and a backslash is doubled so
+/// the escape cannot be forged.
+pub fn sanitize(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\x{b:02X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Like [`sanitize`], for raw bytes that need not be UTF-8.
+pub fn sanitize_bytes(value: &[u8]) -> String {
+    sanitize(&String::from_utf8_lossy(value))
+}
+
+/// Where log lines go.
+#[derive(Clone)]
+pub struct Log {
+    sink: Arc<Sink>,
+}
+
+enum Sink {
+    Syslog(Mutex<Option<Logger<LoggerBackend, Formatter3164>>>),
+    Stderr,
+    Memory(Mutex<Vec<String>>),
+}
+
+impl fmt::Debug for Log {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match *self.sink {
+            Sink::Syslog(_) => "syslog",
+            Sink::Stderr => "stderr",
+            Sink::Memory(_) => "memory",
+        };
+        f.debug_struct("Log").field("sink", &kind).finish()
+    }
+}
+
+impl Log {
+    /// Syslog facility mail over /dev/log, so the lines land beside Postfix's. When the
+    /// socket is missing or a write fails even after reconnecting, the line goes to stderr
+    /// instead of being lost.
+    pub fn syslog() -> Log {
+        Log {
+            sink: Arc::new(Sink::Syslog(Mutex::new(connect_syslog()))),
+        }
+    }
+
+    /// For foreground runs: one line per event on stderr, stamped like the appliance's log.
+    pub fn stderr() -> Log {
+        Log {
+            sink: Arc::new(Sink::Stderr),
+        }
+    }
+
+    /// Keeps the lines in memory, for tests.
+    pub fn memory() -> Log {
+        Log {
+            sink: Arc::new(Sink::Memory(Mutex::new(Vec::new()))),
+        }
+    }
+
+    /// The lines a memory log holds (`Severity: text`), empty for other sinks.
+    pub fn lines(&self) -> Vec<String> {
+        match &*self.sink {
+            Sink::Memory(lines) => lines.lock().map(|l| l.clone()).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn event(&self, event: Event<'_>) {
+        self.write(event.severity(), &event.to_string());
+    }
+
+    /// A line that is not one of the appliance's events (errors of our own, start-up).
+    pub fn line(&self, severity: Severity, text: &str) {
+        self.write(severity, text);
+    }
+
+    fn write(&self, severity: Severity, text: &str) {
+        let message = format!("{}: {text}", severity.word());
+        match &*self.sink {
+            Sink::Stderr => write_stderr(&message),
+            Sink::Memory(lines) => {
+                if let Ok(mut lines) = lines.lock() {
+                    lines.push(message);
+                }
+            }
+            Sink::Syslog(logger) => {
+                let Ok(mut logger) = logger.lock() else {
+                    write_stderr(&message);
+                    return;
+                };
+                if send_syslog(&mut logger, severity, &message).is_ok() {
+                    return;
+                }
+                // The syslog socket may have been restarted: reconnect once, then fall back.
+                *logger = connect_syslog();
+                if send_syslog(&mut logger, severity, &message).is_err() {
+                    write_stderr(&message);
+                }
+            }
+        }
+    }
+}
+
+fn connect_syslog() -> Option<Logger<LoggerBackend, Formatter3164>> {
+    let formatter = Formatter3164 {
+        facility: Facility::LOG_MAIL,
+        hostname: None,
+        process: "tdc-milter".into(),
+        pid: std::process::id(),
+    };
+    syslog::unix(formatter).ok()
+}
+
+fn send_syslog(
+    logger: &mut Option<Logger<LoggerBackend, Formatter3164>>,
+    severity: Severity,
+    message: &str,
+) -> Result<(), ()> {
+    let Some(logger) = logger.as_mut() else {
+        return Err(());
+    };
+    let sent = match severity {
+        Severity::Debug => logger.debug(message),
+        Severity::Info => logger.info(message),
+        Severity::Warning => logger.warning(message),
+        Severity::Critical => logger.crit(message),
+    };
+    sent.map_err(|_| ())
+}
+
+fn write_stderr(message: &str) {
+    let stamp = appliance_timestamp(OffsetDateTime::now_utc());
+    // A closed stderr must not take the daemon down; there is nowhere else to report it.
+    let _ = writeln!(std::io::stderr().lock(), "{stamp} {message}");
+}
+
+/// `Fri Feb 16 21:19:22 2024`, the appliance's mail log stamp (UTC here).
+fn appliance_timestamp(t: OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[weekday repr:short] [month repr:short] [day padding:space] [hour]:[minute]:[second] [year]"
+    );
+    t.format(FORMAT).unwrap_or_else(|_| t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_path_lines_match_the_reference_wording() {
+        let enq = Event::Enqueued {
+            mid: 14501404,
+            message_id: "<O7afv777xxreILg2OQ@gostrt-sstp-0>",
+            intake: "33c48e-27xp9-05ecb4@beta.cmd.cisco.com",
+            queue_id: "3E354998043",
+        };
+        assert_eq!(
+            enq.to_string(),
+            "TDC: MID 14501404 with Message-ID '<O7afv777xxreILg2OQ@gostrt-sstp-0>' enqueued for forwarding to Cisco Secure Email Threat Defense to the message intake address 33c48e-27xp9-05ecb4@beta.cmd.cisco.com (queue ID 3E354998043)"
+        );
+        let conn = Event::NewConnection {
+            dcid: 4566150,
+            interface: "10.13.0.99".parse().expect("ip"),
+            address: "10.10.55.171".parse().expect("ip"),
+            port: 25,
+        };
+        assert_eq!(
+            conn.to_string(),
+            "TDC: New SMTP DCID 4566150 interface 10.13.0.99 address 10.10.55.171 port 25"
+        );
+        let tls = Event::TlsSuccess {
+            dcid: 4566150,
+            protocol: "TLSv1.2",
+            cipher: "ECDHE-RSA-AES128-GCM-SHA256",
+        };
+        assert_eq!(
+            tls.to_string(),
+            "DCID 4566150 TLS success protocol TLSv1.2 cipher ECDHE-RSA-AES128-GCM-SHA256"
+        );
+        assert_eq!(
+            Event::DeliveryStart {
+                dcid: 4566150,
+                mid: 14501404
+            }
+            .to_string(),
+            "TDC: Delivery start DCID 4566150 MID 14501404"
+        );
+        assert_eq!(
+            Event::Delivered { mid: 14501404 }.to_string(),
+            "TDC: MID 14501404 successfully delivered for scanning with Cisco Secure Email Threat Defense."
+        );
+        assert_eq!(
+            Event::Finished { mid: 14501404 }.to_string(),
+            "Message finished MID 14501404 done"
+        );
+    }
+
+    #[test]
+    fn failure_lines_match_the_reference_wording() {
+        let e = Event::ConnectionError {
+            dcid: 36,
+            address: Some("10.10.0.3".parse().expect("ip")),
+            port: 25,
+            details: "timeout",
+            interface: Some("10.10.11.63".parse().expect("ip")),
+            reason: "connection timed out",
+        };
+        assert_eq!(
+            e.to_string(),
+            "TDC: Connection Error: DCID 36 domain: the.tdc.queue IP: 10.10.0.3 port: 25 details: timeout interface: 10.10.11.63 reason: connection timed out"
+        );
+        assert_eq!(
+            Event::TlsFailed { mid: 1450012 }.to_string(),
+            "TDC: MID 1450012 delivery failed to Cisco Secure Email Threat Defense: TLS Error."
+        );
+        assert_eq!(
+            Event::HardBounced { mid: 171 }.to_string(),
+            "TDC: MID 171 delivery failed to Cisco Secure Email Threat Defense: Hard Bounced."
+        );
+        assert_eq!(
+            Event::DnsError {
+                domain: "esa.example.com",
+                detail: "MX - NXDomain"
+            }
+            .to_string(),
+            "DNS Error esa.example.com MX - NXDomain"
+        );
+    }
+
+    #[test]
+    fn sanitize_keeps_one_line() {
+        let forged = "<id@x>\r\nInfo: TDC: MID 9 successfully delivered\0\\x0A";
+        let clean = sanitize(forged);
+        assert!(!clean.chars().any(|c| c.is_control()), "{clean}");
+        assert_eq!(
+            clean,
+            "<id@x>\\x0D\\x0AInfo: TDC: MID 9 successfully delivered\\x00\\\\x0A"
+        );
+        assert_eq!(sanitize_bytes(b"a\xffb\x7f"), "a\u{FFFD}b\\x7F");
+        let line = Event::Enqueued {
+            mid: 1,
+            message_id: forged,
+            intake: "i@x",
+            queue_id: "Q\n",
+        }
+        .to_string();
+        assert!(!line.contains('\n') && !line.contains('\r'));
+    }
+
+    #[test]
+    fn memory_log_records_severity_word() {
+        let log = Log::memory();
+        log.event(Event::Finished { mid: 7 });
+        log.line(Severity::Critical, "spool broken");
+        assert_eq!(
+            log.lines(),
+            vec!["Info: Message finished MID 7 done", "Critical: spool broken"]
+        );
+    }
+
+    #[test]
+    fn timestamp_has_the_appliance_shape() {
+        let t = OffsetDateTime::from_unix_timestamp(1708118362).expect("valid time");
+        assert_eq!(appliance_timestamp(t), "Fri Feb 16 21:19:22 2024");
+    }
+}

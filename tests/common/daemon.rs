@@ -1,0 +1,103 @@
+//! The real daemon, in-process: bound to 127.0.0.1:0, logging to memory.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use indymilter_test::TestConnection;
+use tdc_milter::config::Settings;
+use tdc_milter::tdclog::Log;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct Daemon {
+    pub addr: SocketAddr,
+    pub log: Log,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), tdc_milter::RunError>>,
+}
+
+impl Daemon {
+    /// Starts the daemon with settings written as YAML (as if read from `dir/tdc-milter.yaml`).
+    pub async fn start(yaml: &str, dir: &Path) -> Daemon {
+        let path = dir.join("tdc-milter.yaml");
+        let settings = match Settings::from_yaml(yaml, &path) {
+            Ok(s) => s,
+            Err(e) => panic!("test settings are invalid: {e}\n{yaml}"),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let log = Log::memory();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(tdc_milter::run(listener, settings, log.clone(), async {
+            let _ = stopped.await;
+        }));
+        Daemon {
+            addr,
+            log,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub async fn connect(&self) -> TestConnection {
+        TestConnection::open(self.addr).await.expect("milter connection")
+    }
+
+    /// Waits until a log line containing `needle` appears `count` times.
+    pub async fn wait_for_log(&self, needle: &str, count: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let lines = self.log.lines();
+            if lines.iter().filter(|l| l.contains(needle)).count() >= count {
+                return lines;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("no {count}× '{needle}' in the log:\n{}", lines.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains(needle))
+            .collect()
+    }
+
+    /// Stops the milter, waits for deliveries to end, and fails the test if `run` failed.
+    pub async fn stop(mut self) -> Vec<String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("daemon failed: {e}"),
+            Err(e) => panic!("daemon task panicked: {e}"),
+        }
+        self.log.lines()
+    }
+}
+
+/// Settings for a test: static route to the fake intake, its CA, short lifetime.
+pub fn settings_yaml(intake: SocketAddr, ca_file: &Path, extra_policies: &str) -> String {
+    format!(
+        r#"intake_address: global@intake.test
+milter:
+  listen: inet:127.0.0.1:8895
+journal:
+  sender: tdc@gw.test
+delivery:
+  route: ["{intake}"]
+  tls: {{ verify: true, ca_file: "{ca}" }}
+  lifetime: 10s
+policies:
+{extra_policies}  - name: DEFAULT
+    connector: global
+"#,
+        ca = ca_file.display()
+    )
+}
