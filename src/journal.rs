@@ -56,7 +56,10 @@ pub struct Journal {
 /// The `Message-ID` of a journal: unique per MID and time, in the sender's domain.
 pub fn journal_message_id(mid: u64, sender: &str, now: OffsetDateTime) -> String {
     let domain = sender.rsplit_once('@').map_or("localhost", |(_, d)| d);
-    format!("<{}.{mid}.tdc@{domain}>", now.unix_timestamp_nanos() / 1_000_000)
+    format!(
+        "<{}.{mid}.tdc@{domain}>",
+        now.unix_timestamp_nanos() / 1_000_000
+    )
 }
 
 /// Builds the journal bytes (CRLF everywhere).
@@ -113,7 +116,10 @@ fn build_envelope_report(envelope: &Envelope<'_>, original: &Original<'_>) -> Jo
 
     push_line(&mut out, &format!("--{boundary}"));
     push_line(&mut out, "Content-Type: text/plain; charset=\"utf-8\"");
-    push_line(&mut out, &format!("Content-Transfer-Encoding: {report_cte}"));
+    push_line(
+        &mut out,
+        &format!("Content-Transfer-Encoding: {report_cte}"),
+    );
     push_line(&mut out, "");
     out.extend_from_slice(&report_body);
     push_line(&mut out, "");
@@ -121,7 +127,10 @@ fn build_envelope_report(envelope: &Envelope<'_>, original: &Original<'_>) -> Jo
     push_line(&mut out, &format!("--{boundary}"));
     push_line(&mut out, "Content-Type: message/rfc822");
     push_line(&mut out, "Content-Disposition: attachment");
-    push_line(&mut out, &format!("Content-Transfer-Encoding: {attachment_cte}"));
+    push_line(
+        &mut out,
+        &format!("Content-Transfer-Encoding: {attachment_cte}"),
+    );
     push_line(&mut out, "");
     out.extend_from_slice(original.bytes);
     // The CRLF before a boundary belongs to the boundary (RFC 2046 §5.1.1), so the
@@ -323,7 +332,8 @@ mod tests {
         );
         let text = String::from_utf8_lossy(&j.bytes);
         assert!(text.contains("\r\nSubject:\r\nDate:"));
-        assert!(text.contains("Sender: <>\r\nSubject: \r\nMessage-Id: \r\nRecipient: b@example.com\r\n"));
+        assert!(text
+            .contains("Sender: <>\r\nSubject: \r\nMessage-Id: \r\nRecipient: b@example.com\r\n"));
     }
 
     #[test]
@@ -335,7 +345,10 @@ mod tests {
             &rcpts,
         );
         let text = String::from_utf8_lossy(&j.bytes);
-        assert!(text.contains("Subject: hi  Recipient: evil@x\r\n"), "{text}");
+        assert!(
+            text.contains("Subject: hi  Recipient: evil@x\r\n"),
+            "{text}"
+        );
         assert_eq!(text.matches("\r\nRecipient:").count(), 1);
     }
 

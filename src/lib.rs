@@ -91,7 +91,10 @@ pub async fn run(
 
     // The callbacks (and with them the last queue handle) are gone: the scheduler ends
     // once the journals already handed over are delivered.
-    if tokio::time::timeout(SHUTDOWN_GRACE, delivering).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, delivering)
+        .await
+        .is_err()
+    {
         log.line(
             Severity::Warning,
             "TDC: deliveries still running at shutdown were abandoned",

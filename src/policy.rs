@@ -82,7 +82,11 @@ fn criteria_match(patterns: &[Pattern], address: Option<&MatchAddress>) -> bool 
     patterns.is_empty() || patterns.iter().any(|p| pattern_matches(p, address))
 }
 
-fn policy_matches(policy: &Policy, sender: Option<&MatchAddress>, rcpt: Option<&MatchAddress>) -> bool {
+fn policy_matches(
+    policy: &Policy,
+    sender: Option<&MatchAddress>,
+    rcpt: Option<&MatchAddress>,
+) -> bool {
     criteria_match(&policy.senders, sender) && criteria_match(&policy.recipients, rcpt)
 }
 
@@ -179,7 +183,11 @@ policies:
         let jobs = resolve(
             &s,
             "<a@sender.example>",
-            &rcpts(&["<x@dept.lab.example.com>", "<bob@example.com>", "<cto@example.com>"]),
+            &rcpts(&[
+                "<x@dept.lab.example.com>",
+                "<bob@example.com>",
+                "<cto@example.com>",
+            ]),
         );
         assert_eq!(
             jobs,
@@ -259,7 +267,12 @@ policies:
     #[test]
     fn sender_and_recipient_criteria_must_both_match() {
         let s = settings(POLICIES);
-        assert!(resolve(&s, "<boss@vip.example.org>", &rcpts(&["<a@both.example.com>"])).is_empty());
+        assert!(resolve(
+            &s,
+            "<boss@vip.example.org>",
+            &rcpts(&["<a@both.example.com>"])
+        )
+        .is_empty());
         let jobs = resolve(&s, "<other@x.example>", &rcpts(&["<a@both.example.com>"]));
         assert_eq!(jobs[0].intake, "global@intake.test");
         // The null sender matches no sender pattern.
@@ -279,7 +292,11 @@ policies:
     #[test]
     fn duplicate_recipients_are_listed_once_and_disabled_means_nothing() {
         let s = settings(POLICIES);
-        let jobs = resolve(&s, "<a@b.example>", &rcpts(&["<bob@example.com>", "<bob@example.com>"]));
+        let jobs = resolve(
+            &s,
+            "<a@b.example>",
+            &rcpts(&["<bob@example.com>", "<bob@example.com>"]),
+        );
         assert_eq!(jobs[0].recipients, rcpts(&["bob@example.com"]));
         let s = settings(&format!("enabled: false\n{POLICIES}"));
         assert!(resolve(&s, "<a@b.example>", &rcpts(&["<bob@example.com>"])).is_empty());

@@ -488,7 +488,10 @@ mod tests {
         log.line(Severity::Critical, "spool broken");
         assert_eq!(
             log.lines(),
-            vec!["Info: Message finished MID 7 done", "Critical: spool broken"]
+            vec![
+                "Info: Message finished MID 7 done",
+                "Critical: spool broken"
+            ]
         );
     }
 

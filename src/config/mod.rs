@@ -4,13 +4,18 @@
 //! renamed. Loading turns every mistake into a [`ConfigError`] that names the file,
 //! line and column, so `check-config` can point at the exact spot.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 mod load;
+mod units;
+mod values;
+mod yaml_path;
 
 pub use load::ConfigError;
+pub use values::parse_socket_spec;
 
 /// Default path of the settings file (SPEC §9).
 pub const DEFAULT_PATH: &str = "/etc/tdc-milter/tdc-milter.yaml";
@@ -41,9 +46,35 @@ pub struct MilterSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SocketSpec {
     /// `inet:HOST:PORT` (an IPv6 host is written in brackets: `inet:[::1]:8895`).
-    Inet { host: String, port: u16 },
+    Inet {
+        /// Host name or IP address; an IPv6 address is kept without its brackets.
+        host: String,
+        port: u16,
+    },
     /// `unix:/absolute/path`
     Unix(PathBuf),
+}
+
+impl std::str::FromStr for SocketSpec {
+    type Err = String;
+
+    /// Same as [`parse_socket_spec`].
+    fn from_str(text: &str) -> Result<SocketSpec, String> {
+        parse_socket_spec(text)
+    }
+}
+
+impl fmt::Display for SocketSpec {
+    /// Postfix syntax, as written in the settings file (`inet:[::1]:8895` for IPv6).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SocketSpec::Inet { host, port } if host.contains(':') => {
+                write!(f, "inet:[{host}]:{port}")
+            }
+            SocketSpec::Inet { host, port } => write!(f, "inet:{host}:{port}"),
+            SocketSpec::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +126,7 @@ pub enum Route {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPort {
+    /// A domain name (lower case, A-labels) or an IP address (IPv6 without brackets).
     pub host: String,
     /// `None` means `delivery.port`.
     pub port: Option<u16>,

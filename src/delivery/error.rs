@@ -228,6 +228,9 @@ mod tests {
         };
         assert_eq!(r.to_string(), "550 5.1.1 no such user");
         let e = DeliveryError::new(Stage::Rcpt, Kind::Reply(r));
-        assert_eq!(e.to_string(), "RCPT TO: server replied 550 5.1.1 no such user");
+        assert_eq!(
+            e.to_string(),
+            "RCPT TO: server replied 550 5.1.1 no such user"
+        );
     }
 }

@@ -100,7 +100,10 @@ impl Deliverer {
             }
         }
         Err(last_error.unwrap_or_else(|| {
-            DeliveryError::new(Stage::Dns, Kind::DnsPermanent(format!("no host for {domain}")))
+            DeliveryError::new(
+                Stage::Dns,
+                Kind::DnsPermanent(format!("no host for {domain}")),
+            )
         }))
     }
 
@@ -125,7 +128,13 @@ impl Deliverer {
         };
         self.log.event(Event::DeliveryStart { dcid, mid: job.mid });
         let result = session
-            .send(&job.sender, &job.intake, &job.message, job.eight_bit, job.deadline)
+            .send(
+                &job.sender,
+                &job.intake,
+                &job.message,
+                job.eight_bit,
+                job.deadline,
+            )
             .await;
         match &result {
             Err(e) if e.is_connection_level() => {

@@ -233,7 +233,13 @@ pub async fn open(
     }
 
     let mut plain = Wire::new(tcp);
-    let greeting = staged(Stage::Greeting, timeouts.command, deadline, plain.read_reply()).await?;
+    let greeting = staged(
+        Stage::Greeting,
+        timeouts.command,
+        deadline,
+        plain.read_reply(),
+    )
+    .await?;
     expect(Stage::Greeting, greeting, |c| c == 220)?;
 
     let ehlo = format!("EHLO {helo_name}\r\n");
@@ -273,7 +279,10 @@ pub async fn open(
     let Some(name) = tls::server_name(&target.tls_name) else {
         return Err(DeliveryError::new(
             Stage::TlsHandshake,
-            Kind::Tls(format!("'{}' is not a valid TLS server name", target.tls_name)),
+            Kind::Tls(format!(
+                "'{}' is not a valid TLS server name",
+                target.tls_name
+            )),
         ));
     };
     let stream = staged(Stage::TlsHandshake, timeouts.command, deadline, async {
@@ -426,7 +435,8 @@ impl Session {
             wire.read_reply().await
         })
         .await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.wire.io.get_mut().shutdown()).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.wire.io.get_mut().shutdown()).await;
     }
 }
 
@@ -460,7 +470,10 @@ mod tests {
 
     #[test]
     fn dot_stuffing() {
-        assert_eq!(dot_stuff(b"a\r\n.b\r\n..c\r\n"), b"a\r\n..b\r\n...c\r\n.\r\n");
+        assert_eq!(
+            dot_stuff(b"a\r\n.b\r\n..c\r\n"),
+            b"a\r\n..b\r\n...c\r\n.\r\n"
+        );
         assert_eq!(dot_stuff(b".x\r\n"), b"..x\r\n.\r\n");
         assert_eq!(dot_stuff(b"no final crlf"), b"no final crlf\r\n.\r\n");
         assert_eq!(dot_stuff(b"a\r\n.\r\n"), b"a\r\n..\r\n.\r\n");

@@ -159,7 +159,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -168,7 +173,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -204,7 +214,10 @@ mod tests {
             server_name("127.0.0.1"),
             Some(ServerName::IpAddress(_))
         ));
-        assert!(matches!(server_name("[::1]"), Some(ServerName::IpAddress(_))));
+        assert!(matches!(
+            server_name("[::1]"),
+            Some(ServerName::IpAddress(_))
+        ));
         assert!(server_name("bad name!").is_none());
     }
 
@@ -215,6 +228,8 @@ mod tests {
             ca_file: Some("/nonexistent/ca.pem".into()),
         };
         let err = client_config(&settings).expect_err("must fail");
-        assert!(err.to_string().starts_with("cannot read CA certificates from /nonexistent/ca.pem"));
+        assert!(err
+            .to_string()
+            .starts_with("cannot read CA certificates from /nonexistent/ca.pem"));
     }
 }

@@ -79,15 +79,19 @@ impl Message {
             return;
         }
         let space = if exact_value { 0 } else { 1 };
-        self.append(name.len() + 1 + space + value.len() + 2, settings.max_size, |buf| {
-            buf.put_slice(name);
-            buf.put_u8(b':');
-            if !exact_value {
-                buf.put_u8(b' ');
-            }
-            buf.put_slice(&value);
-            buf.put_slice(b"\r\n");
-        });
+        self.append(
+            name.len() + 1 + space + value.len() + 2,
+            settings.max_size,
+            |buf| {
+                buf.put_slice(name);
+                buf.put_u8(b':');
+                if !exact_value {
+                    buf.put_u8(b' ');
+                }
+                buf.put_slice(&value);
+                buf.put_slice(b"\r\n");
+            },
+        );
     }
 
     pub fn end_of_headers(&mut self, settings: &JournalSettings) {

@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use indymilter::{
-    Actions, Callbacks, Context, EomContext, MacroStage, NegotiateContext, ProtoOpts,
-    SocketInfo, Status,
+    Actions, Callbacks, Context, EomContext, MacroStage, NegotiateContext, ProtoOpts, SocketInfo,
+    Status,
 };
 use time::OffsetDateTime;
 
@@ -199,7 +199,11 @@ fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message) {
         return;
     }
     let daemons = &settings.incoming.daemon_names;
-    if !daemons.is_empty() && !cx.daemon_name.is_some_and(|d| daemons.iter().any(|n| n == d)) {
+    if !daemons.is_empty()
+        && !cx
+            .daemon_name
+            .is_some_and(|d| daemons.iter().any(|n| n == d))
+    {
         return;
     }
     let jobs = policy::resolve(settings, &msg.sender, &msg.recipients);

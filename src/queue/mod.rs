@@ -39,7 +39,9 @@ pub enum EnqueueError {
 impl std::fmt::Display for EnqueueError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            EnqueueError::Closed => write!(f, "{QUEUE_NAME} is not accepting journals (shutting down)"),
+            EnqueueError::Closed => {
+                write!(f, "{QUEUE_NAME} is not accepting journals (shutting down)")
+            }
         }
     }
 }
