@@ -122,6 +122,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         let raw = self.read_raw_reply().await?;
         parse_reply(&raw)
     }
+
+    /// Sends `EHLO name` and returns what the server offers.
+    async fn ehlo(&mut self, command: &str) -> Result<Capabilities, Kind> {
+        self.write(command.as_bytes()).await?;
+        let raw = self.read_raw_reply().await?;
+        let reply = parse_reply(&raw)?;
+        if !positive(reply.code) {
+            return Err(Kind::Reply(reply));
+        }
+        Ok(parse_ehlo(&raw))
+    }
 }
 
 /// Parses one complete reply with smtp-proto.
@@ -243,16 +254,7 @@ pub async fn open(
     expect(Stage::Greeting, greeting, |c| c == 220)?;
 
     let ehlo = format!("EHLO {helo_name}\r\n");
-    let caps = staged(Stage::Ehlo, timeouts.command, deadline, async {
-        plain.write(ehlo.as_bytes()).await?;
-        let raw = plain.read_raw_reply().await?;
-        let reply = parse_reply(&raw)?;
-        if !positive(reply.code) {
-            return Err(Kind::Reply(reply));
-        }
-        Ok(parse_ehlo(&raw))
-    })
-    .await?;
+    let caps = staged(Stage::Ehlo, timeouts.command, deadline, plain.ehlo(&ehlo)).await?;
     if !caps.starttls {
         return Err(DeliveryError::new(
             Stage::Ehlo,
@@ -302,16 +304,7 @@ pub async fn open(
     });
 
     let mut wire = Wire::new(stream);
-    let caps = staged(Stage::TlsEhlo, timeouts.command, deadline, async {
-        wire.write(ehlo.as_bytes()).await?;
-        let raw = wire.read_raw_reply().await?;
-        let reply = parse_reply(&raw)?;
-        if !positive(reply.code) {
-            return Err(Kind::Reply(reply));
-        }
-        Ok(parse_ehlo(&raw))
-    })
-    .await?;
+    let caps = staged(Stage::TlsEhlo, timeouts.command, deadline, wire.ehlo(&ehlo)).await?;
 
     Ok(Session {
         wire,
