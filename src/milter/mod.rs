@@ -252,19 +252,15 @@ fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message) {
             intake: job.intake.clone(),
             message: built.bytes.into(),
             eight_bit: built.eight_bit,
+            queue_id: cx.queue_id.to_string(),
+            original_message_id: message_id.to_string(),
         };
-        match shared.queue.enqueue(entry) {
-            Ok(()) => shared.log.event(Event::Enqueued {
-                mid,
-                message_id,
-                intake: &job.intake,
-                queue_id: cx.queue_id,
-            }),
-            Err(e) => shared.log.event(Event::NotJournaled {
+        if let Err(e) = shared.queue.enqueue(entry) {
+            shared.log.event(Event::NotJournaled {
                 queue_id: cx.queue_id,
                 message_id,
                 reason: &e.to_string(),
-            }),
+            });
         }
     }
 }

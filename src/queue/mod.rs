@@ -28,6 +28,10 @@ pub struct Entry {
     pub intake: String,
     pub message: Bytes,
     pub eight_bit: bool,
+    /// The MTA's queue ID of the original, for the log.
+    pub queue_id: String,
+    /// The original's Message-ID (empty if none), for the log.
+    pub original_message_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +63,7 @@ pub struct Queue {
     next_mid: Arc<AtomicU64>,
     lifetime: Duration,
     tx: mpsc::UnboundedSender<Queued>,
+    log: Log,
 }
 
 /// The delivery side: run it with [`Scheduler::run`].
@@ -81,6 +86,7 @@ pub fn new(
             next_mid: Arc::new(AtomicU64::new(1)),
             lifetime,
             tx,
+            log: log.clone(),
         },
         Scheduler {
             rx,
@@ -98,11 +104,28 @@ impl Queue {
         self.next_mid.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Takes a journal and logs it as enqueued. The line is written before delivery can
+    /// start, so a journal's lines always appear in the order they happened.
     pub fn enqueue(&self, entry: Entry) -> Result<(), EnqueueError> {
+        if self.tx.is_closed() {
+            return Err(EnqueueError::Closed);
+        }
+        self.log.event(Event::Enqueued {
+            mid: entry.mid,
+            message_id: &entry.original_message_id,
+            intake: &entry.intake,
+            queue_id: &entry.queue_id,
+        });
         let deadline = Instant::now() + self.lifetime;
-        self.tx
-            .send(Queued { entry, deadline })
-            .map_err(|_| EnqueueError::Closed)
+        let mid = entry.mid;
+        self.tx.send(Queued { entry, deadline }).map_err(|_| {
+            // Closed between the check and the send: the journal is gone, say so.
+            self.log.event(Event::FailureDetail {
+                mid,
+                detail: "the queue closed while the journal was handed over (shutdown)",
+            });
+            EnqueueError::Closed
+        })
     }
 }
 

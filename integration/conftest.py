@@ -1,0 +1,50 @@
+"""pytest fixtures for the real-Postfix tests: one stack (integration/stack.py) per
+session, in a fresh world-searchable temporary directory.
+
+Run as root: /usr/bin/python3 -m pytest integration -q
+TDC_KEEP_STACK=1 keeps the base directory after a green run too (it is always kept
+after a failure); TDC_MILTER_BIN picks the daemon binary.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import stack as stack_module  # noqa: E402
+
+_stacks = []
+
+
+@pytest.fixture(scope="session")
+def stack(request):
+    if os.geteuid() != 0:
+        pytest.skip("the real-Postfix tests need root (Postfix, smtp-sink -u postfix)")
+    base = tempfile.mkdtemp(prefix="tdc-milter-it-")
+    os.chmod(base, 0o755)  # Postfix runs as user postfix and must reach it
+    s = stack_module.Stack(base)
+    _stacks.append(s)
+    try:
+        s.up()
+    except stack_module.StackError as e:
+        pytest.fail("could not bring up the stack: %s\n%s" % (e, s.diagnostics()), pytrace=False)
+    yield s
+    s.stop_all()
+    _stacks.remove(s)
+    if request.session.testsfailed or os.environ.get("TDC_KEEP_STACK"):
+        print("\nstack files kept in %s" % base)
+    else:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test shows the maillog, the daemon's log and the sink listings."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _stacks:
+        report.sections.append(("tdc-milter stack", _stacks[-1].diagnostics()))

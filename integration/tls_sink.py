@@ -1,0 +1,148 @@
+#!/usr/bin/python3
+"""A stand-in for the SETD message intake: an SMTP server that insists on STARTTLS.
+
+Run it with Debian's /usr/bin/python3 (it needs the python3-aiosmtpd package):
+
+    tls_sink.py --port 4650 --cert intake.crt --key intake.key --outdir DIR
+
+Every message it accepts is stored as DIR/<n>.eml (the DATA bytes exactly as
+received, dot-stuffing removed) and DIR/<n>.json (envelope and TLS facts).  The
+.json file is written last, and both files appear by rename, so a reader that
+sees <n>.json can read both files whole.
+
+Fault injection, keyed on the recipient's local part: "tempfail" gets a 451,
+"permfail" a 550.  --tls12-only caps TLS at 1.2; --max-msgs N answers the
+(N+1)th MAIL FROM on one connection with 421 and closes it (the limits the real
+intake documents).  SIGTERM or SIGINT stops the sink.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import ssl
+import sys
+
+from aiosmtpd.controller import Controller
+
+ENVELOPE_FILE = re.compile(r"^(\d+)\.json$")
+
+
+def write_atomically(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def next_free_number(outdir):
+    """Continue the numbering of an existing output directory."""
+    taken = [int(m.group(1)) for m in map(ENVELOPE_FILE.match, os.listdir(outdir)) if m]
+    return max(taken, default=0) + 1
+
+
+def tls_facts(server, session):
+    """(version, cipher) of the session's TLS layer, or None for plain text."""
+    ssl_object = None
+    if isinstance(session.ssl, dict):
+        ssl_object = session.ssl.get("ssl_object")
+    if ssl_object is None and server.transport is not None:
+        ssl_object = server.transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    return {"version": ssl_object.version(), "cipher": ssl_object.cipher()[0]}
+
+
+class IntakeHandler:
+    FAULTS = {
+        "tempfail": "451 4.3.0 simulated temporary failure",
+        "permfail": "550 5.1.1 simulated permanent failure",
+    }
+
+    def __init__(self, outdir):
+        self.outdir = outdir
+        self.number = next_free_number(outdir)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        fault = self.FAULTS.get(address.split("@")[0].lower())
+        if fault:
+            return fault
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        n, self.number = self.number, self.number + 1
+        content = envelope.original_content
+        if content is None:
+            content = envelope.content
+        if isinstance(content, str):
+            content = content.encode("utf-8", "surrogateescape")
+        facts = {
+            "mail_from": envelope.mail_from,
+            "mail_options": envelope.mail_options,
+            "rcpt_tos": envelope.rcpt_tos,
+            "rcpt_options": envelope.rcpt_options,
+            "helo": session.host_name,
+            "peer": list(session.peer) if session.peer else None,
+            "tls": tls_facts(server, session),
+            "size": len(content),
+        }
+        base = os.path.join(self.outdir, str(n))
+        write_atomically(base + ".eml", content)
+        write_atomically(base + ".json", json.dumps(facts, indent=1).encode() + b"\n")
+        return "250 2.0.0 Ok: stored as %d" % n
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="STARTTLS-only SMTP intake sink")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--cert", required=True, help="PEM certificate (chain) of the server")
+    p.add_argument("--key", required=True, help="PEM private key")
+    p.add_argument("--outdir", required=True)
+    p.add_argument("--hostname", default="intake.test", help="name in the greeting")
+    p.add_argument("--tls12-only", action="store_true")
+    p.add_argument("--max-msgs", type=int, default=0, help="MAIL commands per connection (0: no limit)")
+    return p.parse_args(argv)
+
+
+def main(argv):
+    args = parse_args(argv)
+    os.makedirs(args.outdir, exist_ok=True)
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.cert, args.key)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if args.tls12_only:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    limits = {}
+    if args.max_msgs > 0:
+        limits["command_call_limit"] = {"MAIL": args.max_msgs, "*": 100000}
+
+    controller = Controller(
+        IntakeHandler(args.outdir),
+        hostname=args.host,
+        port=args.port,
+        server_hostname=args.hostname,
+        tls_context=context,
+        require_starttls=True,
+        ready_timeout=10,
+        **limits,
+    )
+    # Block the signals before the server thread starts, so that every thread
+    # inherits the mask and sigwait() below is the one that receives them.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    controller.start()
+    print("tls_sink listening on %s:%d, storing into %s" % (args.host, args.port, args.outdir), flush=True)
+    received = signal.sigwait(stop_signals)
+    controller.stop()
+    print("tls_sink stopped by signal %d" % received, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
