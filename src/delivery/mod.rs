@@ -121,9 +121,9 @@ impl Deliverer {
         .await;
         let mut session = match opened {
             Ok(s) => s,
-            Err(e) => {
-                self.log_connection_error(dcid, target, None, &e);
-                return Err(e);
+            Err(smtp::OpenError { error, local }) => {
+                self.log_connection_error(dcid, target, local, &error);
+                return Err(error);
             }
         };
         self.log.event(Event::DeliveryStart { dcid, mid: job.mid });

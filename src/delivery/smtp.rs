@@ -218,6 +218,13 @@ pub struct Session {
     pub local: Option<IpAddr>,
 }
 
+/// A session that could not be opened, and our side's address if TCP got that far.
+#[derive(Debug)]
+pub struct OpenError {
+    pub error: DeliveryError,
+    pub local: Option<IpAddr>,
+}
+
 /// Connects, reads the greeting, EHLO, STARTTLS (required), handshake, EHLO again.
 pub async fn open(
     target: &Target,
@@ -227,13 +234,33 @@ pub async fn open(
     deadline: Instant,
     timeouts: Timeouts,
     log: &Log,
-) -> Result<Session, DeliveryError> {
+) -> Result<Session, OpenError> {
     let tcp = staged(Stage::Connect, timeouts.connect, deadline, async {
         TcpStream::connect(target.address).await.map_err(io_kind)
     })
-    .await?;
+    .await
+    .map_err(|error| OpenError { error, local: None })?;
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok().map(|a| a.ip());
+    establish(
+        tcp, local, target, helo_name, connector, dcid, deadline, timeouts, log,
+    )
+    .await
+    .map_err(|error| OpenError { error, local })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn establish(
+    tcp: TcpStream,
+    local: Option<IpAddr>,
+    target: &Target,
+    helo_name: &str,
+    connector: &TlsConnector,
+    dcid: u64,
+    deadline: Instant,
+    timeouts: Timeouts,
+    log: &Log,
+) -> Result<Session, DeliveryError> {
     if let Some(interface) = local {
         log.event(Event::NewConnection {
             dcid,

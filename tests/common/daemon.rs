@@ -42,7 +42,9 @@ impl Daemon {
     }
 
     pub async fn connect(&self) -> TestConnection {
-        TestConnection::open(self.addr).await.expect("milter connection")
+        TestConnection::open(self.addr)
+            .await
+            .expect("milter connection")
     }
 
     /// Waits until a log line containing `needle` appears `count` times.
@@ -100,4 +102,63 @@ policies:
 "#,
         ca = ca_file.display()
     )
+}
+
+/// One message as an MTA would pass it to the milter.
+pub struct TestMessage<'a> {
+    pub queue_id: &'a str,
+    pub sender: &'a str,
+    pub recipients: &'a [&'a str],
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: &'a [u8],
+    /// `{auth_authen}` when the client authenticated.
+    pub auth: Option<&'a str>,
+}
+
+impl TestMessage<'_> {
+    /// What the attached original must be: the client-IP header, then the message.
+    pub fn expected_original(&self, client_ip: &str) -> Vec<u8> {
+        let mut out = format!("X-IronPort-RemoteIP: {client_ip}\r\n").into_bytes();
+        for (name, value) in self.headers {
+            if name.eq_ignore_ascii_case("X-IronPort-RemoteIP") {
+                continue;
+            }
+            out.extend_from_slice(
+                format!("{name}: {}\r\n", value.replace('\n', "\r\n")).as_bytes(),
+            );
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(self.body);
+        out
+    }
+}
+
+/// Runs MAIL … end of message on an open connection and returns the EOM status.
+pub async fn send(conn: &mut TestConnection, msg: &TestMessage<'_>) -> indymilter_test::Status {
+    use indymilter::MacroStage;
+    let mut mail_macros = vec![("{mail_addr}", msg.sender)];
+    if let Some(auth) = msg.auth {
+        mail_macros.push(("{auth_authen}", auth));
+    }
+    conn.macros(MacroStage::Mail, mail_macros)
+        .await
+        .expect("macros");
+    let status = conn.mail([msg.sender]).await.expect("mail");
+    assert_eq!(status, indymilter_test::Status::Continue);
+    for rcpt in msg.recipients {
+        let status = conn.rcpt([*rcpt]).await.expect("rcpt");
+        assert_eq!(status, indymilter_test::Status::Continue);
+    }
+    for (name, value) in msg.headers {
+        conn.header(*name, *value).await.expect("header");
+    }
+    conn.eoh().await.expect("eoh");
+    if !msg.body.is_empty() {
+        conn.body(msg.body.to_vec()).await.expect("body");
+    }
+    conn.macros(MacroStage::Eom, [("i", msg.queue_id)])
+        .await
+        .expect("macros");
+    let (_actions, status) = conn.eom().await.expect("eom");
+    status
 }

@@ -1,7 +1,20 @@
-//! Shared test helpers: test certificates, the scripted fake intake, and the daemon
-//! started in-process on port 0.
+//! Shared test helpers: a test PKI, the scripted fake intake, and the daemon started
+//! in-process on port 0.
 #![allow(dead_code)]
 
-pub mod certs;
-pub mod intake;
 pub mod daemon;
+pub mod fake_intake;
+pub mod pki;
+
+use std::path::{Path, PathBuf};
+
+/// A fake intake with a fresh test PKI, and the CA file the daemon must trust.
+pub async fn start_intake(
+    script: fake_intake::IntakeScript,
+    dir: &Path,
+) -> (fake_intake::FakeIntake, PathBuf) {
+    let pki = pki::TestPki::new();
+    let ca = pki.write_ca_file(dir);
+    let intake = fake_intake::FakeIntake::start(script.pki(pki)).await;
+    (intake, ca)
+}
