@@ -9,6 +9,7 @@
 use std::fmt;
 use std::io::Write;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
@@ -251,7 +252,11 @@ pub struct Log {
 }
 
 enum Sink {
-    Syslog(Mutex<Option<Logger<LoggerBackend, Formatter3164>>>),
+    Syslog {
+        /// `None`: the system's socket (/dev/log and the usual alternatives).
+        socket: Option<PathBuf>,
+        logger: Mutex<Option<Logger<LoggerBackend, Formatter3164>>>,
+    },
     Stderr,
     Memory(Mutex<Vec<String>>),
 }
@@ -259,7 +264,7 @@ enum Sink {
 impl fmt::Debug for Log {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match *self.sink {
-            Sink::Syslog(_) => "syslog",
+            Sink::Syslog { .. } => "syslog",
             Sink::Stderr => "stderr",
             Sink::Memory(_) => "memory",
         };
@@ -272,8 +277,21 @@ impl Log {
     /// socket is missing or a write fails even after reconnecting, the line goes to stderr
     /// instead of being lost.
     pub fn syslog() -> Log {
+        Log::syslog_to(None)
+    }
+
+    /// Syslog through a given socket instead of the system's (tests).
+    pub fn syslog_at(socket: &Path) -> Log {
+        Log::syslog_to(Some(socket.to_path_buf()))
+    }
+
+    fn syslog_to(socket: Option<PathBuf>) -> Log {
+        let logger = connect_syslog(socket.as_deref());
         Log {
-            sink: Arc::new(Sink::Syslog(Mutex::new(connect_syslog()))),
+            sink: Arc::new(Sink::Syslog {
+                socket,
+                logger: Mutex::new(logger),
+            }),
         }
     }
 
@@ -317,7 +335,7 @@ impl Log {
                     lines.push(message);
                 }
             }
-            Sink::Syslog(logger) => {
+            Sink::Syslog { socket, logger } => {
                 let Ok(mut logger) = logger.lock() else {
                     write_stderr(&message);
                     return;
@@ -326,7 +344,7 @@ impl Log {
                     return;
                 }
                 // The syslog socket may have been restarted: reconnect once, then fall back.
-                *logger = connect_syslog();
+                *logger = connect_syslog(socket.as_deref());
                 if send_syslog(&mut logger, severity, &message).is_err() {
                     write_stderr(&message);
                 }
@@ -335,14 +353,17 @@ impl Log {
     }
 }
 
-fn connect_syslog() -> Option<Logger<LoggerBackend, Formatter3164>> {
+fn connect_syslog(socket: Option<&Path>) -> Option<Logger<LoggerBackend, Formatter3164>> {
     let formatter = Formatter3164 {
         facility: Facility::LOG_MAIL,
         hostname: None,
         process: "tdc-milter".into(),
         pid: std::process::id(),
     };
-    syslog::unix(formatter).ok()
+    match socket {
+        Some(path) => syslog::unix_custom(formatter, path).ok(),
+        None => syslog::unix(formatter).ok(),
+    }
 }
 
 fn send_syslog(
@@ -493,6 +514,44 @@ mod tests {
                 "Critical: spool broken"
             ]
         );
+    }
+
+    #[test]
+    fn syslog_lines_go_to_facility_mail_and_survive_a_restarted_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        let receiver = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        receiver
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let log = Log::syslog_at(&path);
+        log.event(Event::Delivered { mid: 3 });
+        let mut buf = [0u8; 1024];
+        let n = receiver.recv(&mut buf).expect("datagram");
+        let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
+        // <22> = facility mail (2) * 8 + severity info (6).
+        assert!(datagram.starts_with("<22>"), "{datagram}");
+        assert!(
+            datagram.contains(&format!(
+                "tdc-milter[{}]: Info: TDC: MID 3 successfully delivered",
+                std::process::id()
+            )),
+            "{datagram}"
+        );
+        log.line(Severity::Warning, "w");
+        let n = receiver.recv(&mut buf).expect("datagram");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("<20>"));
+
+        // The syslog daemon restarts: the next line reaches the new socket.
+        drop(receiver);
+        std::fs::remove_file(&path).expect("remove");
+        let receiver = std::os::unix::net::UnixDatagram::bind(&path).expect("rebind");
+        receiver
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        log.event(Event::Finished { mid: 3 });
+        let n = receiver.recv(&mut buf).expect("datagram after restart");
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("Info: Message finished MID 3 done"));
     }
 
     #[test]
