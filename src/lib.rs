@@ -25,6 +25,7 @@ pub mod journal;
 pub mod milter;
 pub mod policy;
 pub mod queue;
+pub mod stats;
 pub mod tdclog;
 
 use std::future::Future;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use config::Settings;
+use stats::Stats;
 use tdclog::{Event, Log, Severity};
 
 /// How long in-flight deliveries may run on after the milter has stopped.
@@ -41,6 +43,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub enum RunError {
     /// The delivery side could not be set up (TLS roots, resolver).
     Delivery(String),
+    /// The spool could not be opened.
+    Spool(queue::spool::SpoolError),
     /// The milter listener failed.
     Milter(std::io::Error),
 }
@@ -49,6 +53,7 @@ impl std::fmt::Display for RunError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RunError::Delivery(e) => write!(f, "cannot set up delivery to the intake: {e}"),
+            RunError::Spool(e) => write!(f, "cannot open the spool: {e}"),
             RunError::Milter(e) => write!(f, "milter listener failed: {e}"),
         }
     }
@@ -57,24 +62,41 @@ impl std::fmt::Display for RunError {
 impl std::error::Error for RunError {}
 
 /// Runs the daemon on a bound listener until `shutdown` completes, then lets running
-/// deliveries finish (for a bounded time).
+/// deliveries finish (for a bounded time); undelivered journals stay in the spool.
 pub async fn run(
     listener: impl indymilter::Listener,
     settings: Settings,
     log: Log,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    run_with_stats(
+        listener,
+        settings,
+        log,
+        Arc::new(Stats::default()),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`], counting into the given [`Stats`] (tests and the control socket read them).
+pub async fn run_with_stats(
+    listener: impl indymilter::Listener,
+    settings: Settings,
+    log: Log,
+    stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let deliverer = delivery::Deliverer::new(&settings, log.clone()).map_err(RunError::Delivery)?;
     if !settings.delivery.tls.verify {
         log.event(Event::TlsVerifyOff);
     }
-    let (queue, scheduler) = queue::new(
-        deliverer,
-        settings.delivery.lifetime,
-        settings.delivery.max_connections,
-        log.clone(),
-    );
-    let delivering = tokio::spawn(scheduler.run());
+    let (queue, scheduler) =
+        queue::open(&settings, deliverer, stats, log.clone()).map_err(RunError::Spool)?;
+    let (stop_delivery, delivery_stopped) = tokio::sync::oneshot::channel::<()>();
+    let delivering = tokio::spawn(scheduler.run(async {
+        let _ = delivery_stopped.await;
+    }));
 
     let listen = describe_socket(&settings);
     log.event(Event::Starting {
@@ -89,15 +111,15 @@ pub async fn run(
     let config = indymilter::Config::default();
     let served = indymilter::run(listener, milter::callbacks(shared), config, shutdown).await;
 
-    // The callbacks (and with them the last queue handle) are gone: the scheduler ends
-    // once the journals already handed over are delivered.
+    // No new journals can come now: let the connections finish what they are sending.
+    let _ = stop_delivery.send(());
     if tokio::time::timeout(SHUTDOWN_GRACE, delivering)
         .await
         .is_err()
     {
         log.line(
             Severity::Warning,
-            "TDC: deliveries still running at shutdown were abandoned",
+            "TDC: deliveries still running at shutdown were abandoned; their journals stay in the spool",
         );
     }
     log.event(Event::Stopping);

@@ -98,6 +98,30 @@ pub enum Event<'a> {
     TlsFailed {
         mid: u64,
     },
+    /// A soft failure: the journal is tried once more after the delay.
+    RetryScheduled {
+        mid: u64,
+        delay_secs: u64,
+    },
+    /// The journal's lifetime ended before it was delivered.
+    Expired {
+        mid: u64,
+        lifetime_secs: u64,
+    },
+    /// The intake domain cannot receive mail (NXDOMAIN, null MX, no address).
+    BadDestinationHost {
+        domain: &'a str,
+        detail: &'a str,
+    },
+    /// Journals found in the spool at start.
+    Recovered {
+        count: usize,
+    },
+    /// A spool file that could not be read back was moved aside.
+    DamagedSpoolFile {
+        path: &'a str,
+        reason: &'a str,
+    },
     /// Why an attempt failed, in our words, before the appliance's outcome line.
     FailureDetail {
         mid: u64,
@@ -116,7 +140,9 @@ pub enum Event<'a> {
 impl Event<'_> {
     pub fn severity(&self) -> Severity {
         match self {
-            Event::TlsVerifyOff | Event::NotJournaled { .. } => Severity::Warning,
+            Event::TlsVerifyOff | Event::NotJournaled { .. } | Event::DamagedSpoolFile { .. } => {
+                Severity::Warning
+            }
             _ => Severity::Info,
         }
     }
@@ -201,6 +227,29 @@ impl fmt::Display for Event<'_> {
             Event::TlsFailed { mid } => {
                 write!(f, "TDC: MID {mid} delivery failed to {SETD}: TLS Error.")
             }
+            Event::RetryScheduled { mid, delay_secs } => write!(
+                f,
+                "TDC: MID {mid} soft bounced, one retry in {delay_secs} s"
+            ),
+            Event::Expired { mid, lifetime_secs } => write!(
+                f,
+                "TDC: MID {mid} removed from the.tdc.queue: not delivered within its lifetime of {lifetime_secs} s"
+            ),
+            Event::BadDestinationHost { domain, detail } => write!(
+                f,
+                "TDC: Hard bounced - 5.1.2 - Bad destination host ('000', ['DNS Hard Error looking up {} (MX) : {}'])",
+                sanitize(domain),
+                sanitize(detail)
+            ),
+            Event::Recovered { count } => {
+                write!(f, "TDC: {count} journals recovered from the spool")
+            }
+            Event::DamagedSpoolFile { path, reason } => write!(
+                f,
+                "TDC: damaged spool file {} moved aside: {}",
+                sanitize(path),
+                sanitize(reason)
+            ),
             Event::FailureDetail { mid, detail } => {
                 write!(f, "TDC: MID {mid} delivery attempt failed: {}", sanitize(detail))
             }

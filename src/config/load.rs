@@ -21,7 +21,7 @@ use super::values::{
 use super::yaml_path::{node_at, Node};
 use super::{
     Connector, DeliverySettings, HeaderVerdict, IncomingSettings, JournalSettings, MilterSettings,
-    Policy, ResolverSpec, Route, Settings, TlsSettings, DEFAULT_POLICY,
+    Policy, QueueSettings, ResolverSpec, Route, Settings, TlsSettings, DEFAULT_POLICY,
 };
 
 const DEFAULT_LISTEN: &str = "inet:127.0.0.1:8895";
@@ -30,6 +30,12 @@ const DEFAULT_MAX_SIZE: u64 = 50 * 1024 * 1024;
 const DEFAULT_PORT: u16 = 25;
 const DEFAULT_LIFETIME_SECS: u64 = 120;
 const DEFAULT_MAX_CONNECTIONS: usize = 20;
+const DEFAULT_MIN_CONNECTIONS: usize = 3;
+const DEFAULT_MAX_MESSAGES_PER_CONNECTION: usize = 10;
+const DEFAULT_RETRY_DELAY_SECS: u64 = 5;
+const DEFAULT_SPOOL_DIR: &str = "/var/spool/tdc-milter";
+const DEFAULT_QUEUE_MAX_MESSAGES: usize = 100_000;
+const DEFAULT_QUEUE_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// Longest bad value quoted in an error message.
 const MAX_QUOTED: usize = 120;
 
@@ -148,7 +154,16 @@ struct RawSettings {
     incoming: Option<RawIncoming>,
     journal: Option<RawJournal>,
     delivery: Option<RawDelivery>,
+    queue: Option<RawQueue>,
     policies: Option<Spanned<Vec<RawPolicy>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    spool_dir: Option<Spanned<String>>,
+    max_messages: Option<Spanned<usize>>,
+    max_bytes: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -187,7 +202,10 @@ struct RawDelivery {
     port: Option<Spanned<u16>>,
     tls: Option<RawTls>,
     lifetime: Option<Spanned<String>>,
+    retry_delay: Option<Spanned<String>>,
+    min_connections: Option<Spanned<usize>>,
     max_connections: Option<Spanned<usize>>,
+    max_messages_per_connection: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -457,6 +475,7 @@ impl Loader<'_> {
         let incoming = self.incoming(raw.incoming.unwrap_or_default())?;
         let journal = self.journal(raw.journal.unwrap_or_default())?;
         let delivery = self.delivery(raw.delivery.unwrap_or_default())?;
+        let queue = self.queue(raw.queue.unwrap_or_default())?;
         let (policies, connector_at) = self.policies(raw.policies)?;
 
         if enabled && intake_address.is_none() {
@@ -490,8 +509,75 @@ impl Loader<'_> {
             incoming,
             journal,
             delivery,
+            queue,
             policies,
         })
+    }
+
+    fn queue(&self, raw: RawQueue) -> Result<QueueSettings, ConfigError> {
+        let spool_dir = match &raw.spool_dir {
+            None => PathBuf::from(DEFAULT_SPOOL_DIR),
+            Some(dir) if dir.value.trim().is_empty() => {
+                return Err(self.bad(dir, "queue.spool_dir", "the path is empty"))
+            }
+            Some(dir) => self.relative_to_file(dir.value.trim()),
+        };
+        let max_messages = self.at_least_one(
+            &raw.max_messages,
+            "queue.max_messages",
+            DEFAULT_QUEUE_MAX_MESSAGES,
+        )?;
+        let max_bytes = match &raw.max_bytes {
+            Some(s) => match parse_size(&s.value) {
+                Ok(0) => return Err(self.bad(s, "queue.max_bytes", "must be more than 0 bytes")),
+                Ok(n) => n,
+                Err(e) => return Err(self.bad(s, "queue.max_bytes", e)),
+            },
+            None => DEFAULT_QUEUE_MAX_BYTES,
+        };
+        Ok(QueueSettings {
+            spool_dir,
+            max_messages,
+            max_bytes,
+        })
+    }
+
+    /// Paths in the file are relative to the file's directory, so a lab directory can be
+    /// moved as a whole.
+    fn relative_to_file(&self, written: &str) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if Path::new(written).is_relative() => dir.join(written),
+            _ => PathBuf::from(written),
+        }
+    }
+
+    fn at_least_one(
+        &self,
+        value: &Option<Spanned<usize>>,
+        key: &str,
+        default: usize,
+    ) -> Result<usize, ConfigError> {
+        match value {
+            Some(v) if v.value == 0 => Err(self.bad(v, key, "must be at least 1")),
+            Some(v) => Ok(v.value),
+            None => Ok(default),
+        }
+    }
+
+    fn duration(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: std::time::Duration,
+    ) -> Result<std::time::Duration, ConfigError> {
+        match value {
+            Some(v) => match parse_duration(&v.value) {
+                Ok(d) if d.is_zero() => Err(self.bad(v, key, "must be longer than 0")),
+                Ok(d) => Ok(d),
+                Err(e) => Err(self.bad(v, key, e)),
+            },
+            None => Ok(default),
+        }
     }
 
     fn milter(&self, raw: RawMilter) -> Result<MilterSettings, ConfigError> {
@@ -652,30 +738,53 @@ impl Loader<'_> {
             None => DEFAULT_PORT,
         };
         let tls = self.tls(raw.tls.unwrap_or_default())?;
-        let lifetime = match &raw.lifetime {
-            Some(l) => match parse_duration(&l.value) {
-                Ok(d) if d.is_zero() => {
-                    return Err(self.bad(l, "delivery.lifetime", "must be longer than 0"))
-                }
-                Ok(d) => d,
-                Err(e) => return Err(self.bad(l, "delivery.lifetime", e)),
-            },
-            None => std::time::Duration::from_secs(DEFAULT_LIFETIME_SECS),
-        };
-        let max_connections = match &raw.max_connections {
-            Some(m) if m.value == 0 => {
-                return Err(self.bad(m, "delivery.max_connections", "must be at least 1"))
+        let lifetime = self.duration(
+            &raw.lifetime,
+            "delivery.lifetime",
+            std::time::Duration::from_secs(DEFAULT_LIFETIME_SECS),
+        )?;
+        let retry_delay = self.duration(
+            &raw.retry_delay,
+            "delivery.retry_delay",
+            std::time::Duration::from_secs(DEFAULT_RETRY_DELAY_SECS),
+        )?;
+        let max_connections = self.at_least_one(
+            &raw.max_connections,
+            "delivery.max_connections",
+            DEFAULT_MAX_CONNECTIONS,
+        )?;
+        let min_connections = self.at_least_one(
+            &raw.min_connections,
+            "delivery.min_connections",
+            DEFAULT_MIN_CONNECTIONS.min(max_connections),
+        )?;
+        if let Some(m) = &raw.min_connections {
+            if m.value > max_connections {
+                return Err(self.bad(
+                    m,
+                    "delivery.min_connections",
+                    format!(
+                        "{} is more than delivery.max_connections ({max_connections})",
+                        m.value
+                    ),
+                ));
             }
-            Some(m) => m.value,
-            None => DEFAULT_MAX_CONNECTIONS,
-        };
+        }
+        let max_messages_per_connection = self.at_least_one(
+            &raw.max_messages_per_connection,
+            "delivery.max_messages_per_connection",
+            DEFAULT_MAX_MESSAGES_PER_CONNECTION,
+        )?;
         Ok(DeliverySettings {
             route,
             resolver,
             port,
             tls,
             lifetime,
+            retry_delay,
+            min_connections,
             max_connections,
+            max_messages_per_connection,
         })
     }
 
@@ -691,11 +800,7 @@ impl Loader<'_> {
                         "the path is empty; write null for none",
                     ));
                 }
-                // Relative to the settings file, so a lab directory can be moved as a whole.
-                let resolved = match self.path.parent() {
-                    Some(dir) if Path::new(written).is_relative() => dir.join(written),
-                    _ => PathBuf::from(written),
-                };
+                let resolved = self.relative_to_file(written);
                 let readable = std::fs::metadata(&resolved).and_then(|meta| {
                     if meta.is_dir() {
                         Err(std::io::Error::other("is a directory"))

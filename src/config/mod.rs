@@ -33,6 +33,7 @@ pub struct Settings {
     pub incoming: IncomingSettings,
     pub journal: JournalSettings,
     pub delivery: DeliverySettings,
+    pub queue: QueueSettings,
     /// Ordered incoming mail policies; the last one is always `DEFAULT`.
     pub policies: Vec<Policy>,
 }
@@ -112,8 +113,22 @@ pub struct DeliverySettings {
     pub tls: TlsSettings,
     /// How long a journal may stay in the.tdc.queue; every SMTP stage is capped by it.
     pub lifetime: Duration,
+    /// The one retry of a soft failure waits at least this long.
+    pub retry_delay: Duration,
+    /// While journals wait, at least this many connections (or one per journal, if fewer).
+    pub min_connections: usize,
     /// Upper bound on simultaneous connections to the intake.
     pub max_connections: usize,
+    /// Journals sent on one connection before it is closed (RSET between them).
+    pub max_messages_per_connection: usize,
+}
+
+/// the.tdc.queue's spool and its bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSettings {
+    pub spool_dir: PathBuf,
+    pub max_messages: usize,
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

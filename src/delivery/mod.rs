@@ -63,16 +63,14 @@ impl Deliverer {
         })
     }
 
-    /// Tests and labs use a short lifetime; the per-stage limits shrink with it.
-    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Deliverer {
-        self.timeouts = timeouts;
-        self
-    }
-
-    /// Delivers one journal on a connection of its own, trying each route target in
-    /// turn while the failure is a connection-level one.
-    pub async fn deliver(&self, job: &Job) -> Result<Reply, DeliveryError> {
-        let domain = job.intake.rsplit_once('@').map_or("", |(_, d)| d);
+    /// Opens a session to the intake of `domain`, trying each route target in turn
+    /// while the failure is a network one before any transaction. `deadline` caps every
+    /// stage: it is the lifetime of the first journal the connection is opened for.
+    pub async fn connect(
+        &self,
+        domain: &str,
+        deadline: Instant,
+    ) -> Result<Connection<'_>, DeliveryError> {
         let targets = match self.router.targets(domain).await {
             Ok(t) => t,
             Err(e) => {
@@ -84,19 +82,34 @@ impl Deliverer {
         };
         let mut last_error = None;
         for target in &targets {
-            match self.deliver_to(target, job).await {
-                Ok(reply) => return Ok(reply),
-                // Only failures before a transaction started move on to the next host.
-                Err(e)
-                    if e.class() == FailureClass::Network
-                        && matches!(e.stage, Stage::Connect | Stage::Greeting | Stage::Ehlo) =>
-                {
-                    last_error = Some(e)
+            let dcid = self.next_dcid.fetch_add(1, Ordering::Relaxed);
+            match smtp::open(
+                target,
+                &self.helo_name,
+                &self.connector,
+                dcid,
+                deadline,
+                self.timeouts,
+                &self.log,
+            )
+            .await
+            {
+                Ok(session) => {
+                    return Ok(Connection {
+                        deliverer: self,
+                        session,
+                        target: target.clone(),
+                    })
                 }
-                Err(e) => return Err(e),
-            }
-            if Instant::now() >= job.deadline {
-                break;
+                Err(smtp::OpenError { error, local }) => {
+                    self.log_connection_error(dcid, target, local, &error);
+                    let next_host = error.class() == FailureClass::Network
+                        && matches!(error.stage, Stage::Connect | Stage::Greeting | Stage::Ehlo);
+                    if !next_host || Instant::now() >= deadline {
+                        return Err(error);
+                    }
+                    last_error = Some(error);
+                }
             }
         }
         Err(last_error.unwrap_or_else(|| {
@@ -105,54 +118,6 @@ impl Deliverer {
                 Kind::DnsPermanent(format!("no host for {domain}")),
             )
         }))
-    }
-
-    async fn deliver_to(&self, target: &Target, job: &Job) -> Result<Reply, DeliveryError> {
-        let dcid = self.next_dcid.fetch_add(1, Ordering::Relaxed);
-        let opened = smtp::open(
-            target,
-            &self.helo_name,
-            &self.connector,
-            dcid,
-            job.deadline,
-            self.timeouts,
-            &self.log,
-        )
-        .await;
-        let mut session = match opened {
-            Ok(s) => s,
-            Err(smtp::OpenError { error, local }) => {
-                self.log_connection_error(dcid, target, local, &error);
-                return Err(error);
-            }
-        };
-        self.log.event(Event::DeliveryStart { dcid, mid: job.mid });
-        let result = session
-            .send(
-                &job.sender,
-                &job.intake,
-                &job.message,
-                job.eight_bit,
-                job.deadline,
-            )
-            .await;
-        match &result {
-            Err(e) if e.is_connection_level() => {
-                self.log_connection_error(dcid, target, session.local, e);
-            }
-            Err(e) => {
-                if let Kind::Reply(reply) = &e.kind {
-                    self.log.event(Event::Bounced {
-                        dcid,
-                        mid: job.mid,
-                        response: &reply.to_string(),
-                    });
-                }
-                session.quit().await;
-            }
-            Ok(_) => session.quit().await,
-        }
-        result
     }
 
     fn log_connection_error(
@@ -168,6 +133,8 @@ impl Deliverer {
             _ => e.stage.name().to_string(),
         };
         let reason = match &e.kind {
+            // The appliance's words for a connect that got no answer.
+            Kind::Timeout if e.stage == Stage::Connect => "connection timed out".to_string(),
             Kind::Timeout => format!("{} timed out", e.stage.name()),
             _ => e.to_string(),
         };
@@ -179,6 +146,62 @@ impl Deliverer {
             interface,
             reason: &reason,
         });
+    }
+}
+
+/// An open, encrypted session with an intake, for one journal after another.
+pub struct Connection<'d> {
+    deliverer: &'d Deliverer,
+    session: smtp::Session,
+    target: Target,
+}
+
+impl Connection<'_> {
+    pub fn dcid(&self) -> u64 {
+        self.session.dcid
+    }
+
+    /// One journal on this connection. A failure that leaves the connection unusable
+    /// is logged as a connection error; a refused transaction as a bounce.
+    pub async fn send(&mut self, job: &Job) -> Result<Reply, DeliveryError> {
+        let dcid = self.session.dcid;
+        let log = &self.deliverer.log;
+        log.event(Event::DeliveryStart { dcid, mid: job.mid });
+        let result = self
+            .session
+            .send(
+                &job.sender,
+                &job.intake,
+                &job.message,
+                job.eight_bit,
+                job.deadline,
+            )
+            .await;
+        match &result {
+            Err(e) if e.is_connection_level() => {
+                self.deliverer
+                    .log_connection_error(dcid, &self.target, self.session.local, e)
+            }
+            Err(DeliveryError {
+                kind: Kind::Reply(reply),
+                ..
+            }) => log.event(Event::Bounced {
+                dcid,
+                mid: job.mid,
+                response: &reply.to_string(),
+            }),
+            _ => {}
+        }
+        result
+    }
+
+    /// RSET before the next journal; an error means the connection is done.
+    pub async fn reset(&mut self, deadline: Instant) -> Result<(), DeliveryError> {
+        self.session.reset(deadline).await
+    }
+
+    pub async fn close(self) {
+        self.session.quit().await
     }
 }
 

@@ -179,7 +179,7 @@ async fn end_of_message(shared: Arc<Shared>, cx: &mut EomContext<Connection>) ->
         daemon_name: daemon_name.as_deref(),
         client_ip: conn.client_ip,
     };
-    journal_message(&shared, &context, &msg);
+    journal_message(&shared, &context, &msg).await;
     // The original always goes on, whatever happened to its journals.
     Status::Accept
 }
@@ -193,7 +193,7 @@ struct MessageContext<'a> {
 }
 
 /// Incoming? Clean? Which intakes? Then build and enqueue one journal per intake.
-fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message) {
+async fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message) {
     let settings = &shared.settings;
     if !settings.enabled || cx.authenticated || msg.not_clean {
         return;
@@ -212,6 +212,7 @@ fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message) {
     }
     let message_id = msg.message_id.as_deref().unwrap_or("");
     if msg.over_limit() {
+        shared.queue.stats().too_large();
         shared.log.event(Event::NotJournaled {
             queue_id: cx.queue_id,
             message_id,
@@ -227,7 +228,18 @@ fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message) {
     let original = msg.attached_original(&settings.journal.client_ip_header, client_ip.as_deref());
     let sender = policy::strip_brackets(&msg.sender);
     for job in jobs {
-        let mid = shared.queue.next_mid();
+        let mid = match shared.queue.next_mid() {
+            Ok(mid) => mid,
+            Err(e) => {
+                shared.queue.stats().refused();
+                shared.log.event(Event::NotJournaled {
+                    queue_id: cx.queue_id,
+                    message_id,
+                    reason: &e.to_string(),
+                });
+                continue;
+            }
+        };
         let now = OffsetDateTime::now_utc();
         let journal_id = journal::journal_message_id(mid, &settings.journal.sender, now);
         let built = journal::build(
@@ -255,7 +267,8 @@ fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message) {
             queue_id: cx.queue_id.to_string(),
             original_message_id: message_id.to_string(),
         };
-        if let Err(e) = shared.queue.enqueue(entry) {
+        if let Err(e) = shared.queue.enqueue(entry).await {
+            shared.queue.stats().refused();
             shared.log.event(Event::NotJournaled {
                 queue_id: cx.queue_id,
                 message_id,

@@ -1,26 +1,41 @@
-//! the.tdc.queue: journals wait here for delivery, and the queue decides what an
-//! outcome means (delivered, bounced) and logs it.
+//! the.tdc.queue: journals wait here, durably, until they are delivered, hard bounced
+//! or expired. The queue owns every decision (when to try, how many connections, what
+//! an outcome means) and logs and counts outcomes; delivery workers only deliver.
 //!
-//! This first version keeps the queue in memory and gives every journal one delivery
-//! attempt on a connection of its own, at most `delivery.max_connections` at a time.
-//! The durable spool, the retry table and connection reuse slot in here.
+//! Envelopes live in memory, journal bytes on disk (the spool). One scheduler task
+//! wakes on new work, due retries, expiries and the end of a back-off, and starts
+//! connection workers per intake domain; a worker delivers journal after journal on
+//! one connection (RSET between) and exits when the queue has nothing for it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+pub mod retry;
+pub mod spool;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::delivery::{Deliverer, FailureClass, Job};
-use crate::tdclog::{Event, Log};
+use crate::config::Settings;
+use crate::delivery::{Deliverer, DeliveryError, FailureClass, Job, Kind, Reply};
+use crate::stats::Stats;
+use crate::tdclog::{Event, Log, Severity};
+use retry::Decision;
+use spool::{Spool, SpoolEntry, SpoolError};
 
 /// The reporting name of the queue, as the appliance shows it.
 pub const QUEUE_NAME: &str = "the.tdc.queue";
 
-/// A journal handed to the queue.
+/// New connection attempts to an unreachable intake back off from this...
+const BACKOFF_START: Duration = Duration::from_secs(1);
+/// ...doubling up to this (SPEC §5.5).
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// A journal handed to the queue by the milter.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub mid: u64,
@@ -34,10 +49,14 @@ pub struct Entry {
     pub original_message_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum EnqueueError {
-    /// The delivery side has stopped (the daemon is shutting down).
+    /// The daemon is shutting down.
     Closed,
+    /// A bound of the queue (settings `queue.max_messages`, `queue.max_bytes`) is reached.
+    Full(String),
+    /// The spool could not be written (disk full, permissions...).
+    Spool(SpoolError),
 }
 
 impl std::fmt::Display for EnqueueError {
@@ -46,139 +65,652 @@ impl std::fmt::Display for EnqueueError {
             EnqueueError::Closed => {
                 write!(f, "{QUEUE_NAME} is not accepting journals (shutting down)")
             }
+            EnqueueError::Full(why) => write!(f, "{QUEUE_NAME} is full: {why}"),
+            EnqueueError::Spool(e) => write!(f, "the journal could not be spooled: {e}"),
         }
     }
 }
 
 impl std::error::Error for EnqueueError {}
 
+/// The settings the queue works by.
+#[derive(Debug, Clone)]
+struct Limits {
+    lifetime: Duration,
+    retry_delay: Duration,
+    min_connections: usize,
+    max_connections: usize,
+    per_connection: usize,
+    max_messages: usize,
+    max_bytes: u64,
+}
+
+/// One journal in the queue.
 struct Queued {
-    entry: Entry,
+    entry: SpoolEntry,
+    domain: String,
     deadline: Instant,
+    in_flight: bool,
+}
+
+struct Backoff {
+    until: Instant,
+    delay: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    journals: HashMap<u64, Queued>,
+    /// Journals ready for delivery, per intake domain, oldest first.
+    ready: HashMap<String, VecDeque<u64>>,
+    retry_at: BTreeSet<(Instant, u64)>,
+    expiry: BTreeSet<(Instant, u64)>,
+    /// Open (or opening) connection workers per domain.
+    connections: HashMap<String, usize>,
+    backoff: HashMap<String, Backoff>,
+    bytes: u64,
+}
+
+struct Shared {
+    spool: Spool,
+    state: Mutex<State>,
+    wake: Notify,
+    stopping: AtomicBool,
+    deliverer: Deliverer,
+    limits: Limits,
+    stats: Arc<Stats>,
+    log: Log,
 }
 
 /// The enqueue side, cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
-    next_mid: Arc<AtomicU64>,
-    lifetime: Duration,
-    tx: mpsc::UnboundedSender<Queued>,
-    log: Log,
+    shared: Arc<Shared>,
 }
 
 /// The delivery side: run it with [`Scheduler::run`].
 pub struct Scheduler {
-    rx: mpsc::UnboundedReceiver<Queued>,
-    deliverer: Arc<Deliverer>,
-    connections: Arc<Semaphore>,
-    log: Log,
+    shared: Arc<Shared>,
 }
 
-pub fn new(
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map_or(String::new(), |(_, d)| d.to_ascii_lowercase())
+}
+
+/// Opens the spool, takes back what it holds (expiring what is past its lifetime), and
+/// returns the two sides of the queue.
+pub fn open(
+    settings: &Settings,
     deliverer: Deliverer,
-    lifetime: Duration,
-    max_connections: usize,
+    stats: Arc<Stats>,
     log: Log,
-) -> (Queue, Scheduler) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (
+) -> Result<(Queue, Scheduler), SpoolError> {
+    let (spool, found, damaged) = Spool::open(&settings.queue.spool_dir)?;
+    for d in &damaged {
+        log.event(Event::DamagedSpoolFile {
+            path: &d.path.display().to_string(),
+            reason: &d.reason,
+        });
+    }
+    let limits = Limits {
+        lifetime: settings.delivery.lifetime,
+        retry_delay: settings.delivery.retry_delay,
+        min_connections: settings.delivery.min_connections,
+        max_connections: settings.delivery.max_connections,
+        per_connection: settings.delivery.max_messages_per_connection,
+        max_messages: settings.queue.max_messages,
+        max_bytes: settings.queue.max_bytes,
+    };
+    let shared = Arc::new(Shared {
+        spool,
+        state: Mutex::new(State::default()),
+        wake: Notify::new(),
+        stopping: AtomicBool::new(false),
+        deliverer,
+        limits,
+        stats,
+        log,
+    });
+    if !found.is_empty() {
+        shared.log.event(Event::Recovered { count: found.len() });
+    }
+    let now_wall = now_ms();
+    for entry in found {
+        // Wall-clock age, because the monotonic clock restarted with the process.
+        let age = Duration::from_millis(now_wall.saturating_sub(entry.enqueued_ms));
+        match shared.limits.lifetime.checked_sub(age) {
+            Some(left) if !left.is_zero() => shared.admit(entry, Instant::now() + left),
+            _ => {
+                shared.stats.journal_queued(entry.size);
+                shared.expire(&entry);
+            }
+        }
+    }
+    Ok((
         Queue {
-            next_mid: Arc::new(AtomicU64::new(1)),
-            lifetime,
-            tx,
-            log: log.clone(),
+            shared: shared.clone(),
         },
-        Scheduler {
-            rx,
-            deliverer: Arc::new(deliverer),
-            connections: Arc::new(Semaphore::new(max_connections.max(1))),
-            log,
-        },
-    )
+        Scheduler { shared },
+    ))
 }
 
 impl Queue {
-    /// A new message ID; MIDs are handed out before the journal is built because the
-    /// journal's own Message-ID contains it.
-    pub fn next_mid(&self) -> u64 {
-        self.next_mid.fetch_add(1, Ordering::Relaxed)
+    /// A MID unique for the life of the spool.
+    pub fn next_mid(&self) -> Result<u64, EnqueueError> {
+        self.shared
+            .spool
+            .allocate_mid()
+            .map_err(EnqueueError::Spool)
     }
 
-    /// Takes a journal and logs it as enqueued. The line is written before delivery can
-    /// start, so a journal's lines always appear in the order they happened.
-    pub fn enqueue(&self, entry: Entry) -> Result<(), EnqueueError> {
-        if self.tx.is_closed() {
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    /// Spools a journal durably, logs it as enqueued and hands it to delivery. When this
+    /// returns Ok, the journal survives a crash.
+    pub async fn enqueue(&self, entry: Entry) -> Result<(), EnqueueError> {
+        let shared = &self.shared;
+        if shared.stopping.load(Ordering::Relaxed) {
             return Err(EnqueueError::Closed);
         }
-        self.log.event(Event::Enqueued {
+        let size = entry.message.len() as u64;
+        {
+            let state = shared.lock();
+            if state.journals.len() >= shared.limits.max_messages {
+                return Err(EnqueueError::Full(format!(
+                    "{} journals waiting (queue.max_messages)",
+                    state.journals.len()
+                )));
+            }
+            if state.bytes + size > shared.limits.max_bytes {
+                return Err(EnqueueError::Full(format!(
+                    "{} bytes waiting, this journal has {size} (queue.max_bytes {})",
+                    state.bytes, shared.limits.max_bytes
+                )));
+            }
+        }
+        let spooled = SpoolEntry {
             mid: entry.mid,
-            message_id: &entry.original_message_id,
-            intake: &entry.intake,
-            queue_id: &entry.queue_id,
+            intake: entry.intake,
+            sender: entry.sender,
+            eight_bit: entry.eight_bit,
+            queue_id: entry.queue_id,
+            message_id: entry.original_message_id,
+            enqueued_ms: now_ms(),
+            attempts: 0,
+            size,
+        };
+        let writer = self.shared.clone();
+        let to_write = spooled.clone();
+        let message = entry.message;
+        tokio::task::spawn_blocking(move || writer.spool.write(&to_write, &message))
+            .await
+            .map_err(|e| {
+                EnqueueError::Spool(SpoolError {
+                    what: "spool writer failed for".into(),
+                    path: Default::default(),
+                    error: std::io::Error::other(e.to_string()),
+                })
+            })?
+            .map_err(EnqueueError::Spool)?;
+        // Logged before delivery can see it, so a journal's lines are always in order.
+        shared.log.event(Event::Enqueued {
+            mid: spooled.mid,
+            message_id: &spooled.message_id,
+            intake: &spooled.intake,
+            queue_id: &spooled.queue_id,
         });
-        let deadline = Instant::now() + self.lifetime;
+        shared.admit(spooled, Instant::now() + shared.limits.lifetime);
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent-enough state for counting and
+        // delivery; refusing all further work would lose journals instead.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Puts a spooled journal into the queue, ready now.
+    fn admit(&self, entry: SpoolEntry, deadline: Instant) {
         let mid = entry.mid;
-        self.tx.send(Queued { entry, deadline }).map_err(|_| {
-            // Closed between the check and the send: the journal is gone, say so.
-            self.log.event(Event::FailureDetail {
+        let domain = domain_of(&entry.intake);
+        self.stats.journal_queued(entry.size);
+        {
+            let mut state = self.lock();
+            state.bytes += entry.size;
+            state.expiry.insert((deadline, mid));
+            state
+                .ready
+                .entry(domain.clone())
+                .or_default()
+                .push_back(mid);
+            state.journals.insert(
                 mid,
-                detail: "the queue closed while the journal was handed over (shutdown)",
-            });
-            EnqueueError::Closed
-        })
+                Queued {
+                    entry,
+                    domain,
+                    deadline,
+                    in_flight: false,
+                },
+            );
+        }
+        self.wake.notify_one();
+    }
+
+    /// Takes the journal out of the queue state (the spool file is handled by the caller).
+    fn forget(&self, mid: u64) -> Option<Queued> {
+        let mut state = self.lock();
+        let queued = state.journals.remove(&mid)?;
+        state.bytes = state.bytes.saturating_sub(queued.entry.size);
+        state.expiry.remove(&(queued.deadline, mid));
+        if let Some(ready) = state.ready.get_mut(&queued.domain) {
+            ready.retain(|m| *m != mid);
+        }
+        state.retry_at.retain(|(_, m)| *m != mid);
+        Some(queued)
+    }
+
+    fn remove_from_spool(&self, entry: &SpoolEntry) {
+        if let Err(e) = self.spool.remove(entry) {
+            // Left on disk it would be delivered again after a restart: say so loudly.
+            self.log.line(
+                Severity::Critical,
+                &format!(
+                    "TDC: MID {}: {e}; it may be delivered again after a restart",
+                    entry.mid
+                ),
+            );
+        }
+    }
+
+    fn expire(&self, entry: &SpoolEntry) {
+        let mid = entry.mid;
+        self.log.event(Event::Expired {
+            mid,
+            lifetime_secs: self.limits.lifetime.as_secs(),
+        });
+        self.log.event(Event::HardBounced { mid });
+        self.log.event(Event::Finished { mid });
+        self.stats.expired();
+        self.stats.journal_left(entry.size);
+        self.remove_from_spool(entry);
+    }
+
+    /// The next ready journal for a worker of `domain`, marked in flight.
+    fn take(&self, domain: &str) -> Option<(SpoolEntry, Instant)> {
+        let mut state = self.lock();
+        loop {
+            let mid = state.ready.get_mut(domain)?.pop_front()?;
+            if let Some(q) = state.journals.get_mut(&mid) {
+                q.in_flight = true;
+                return Some((q.entry.clone(), q.deadline));
+            }
+        }
+    }
+
+    /// Records the outcome of one attempt and decides what follows.
+    fn finish(&self, mid: u64, result: Result<Reply, DeliveryError>) {
+        match result {
+            Ok(_) => {
+                let Some(q) = self.forget(mid) else { return };
+                self.log.event(Event::Delivered { mid });
+                self.log.event(Event::Finished { mid });
+                self.stats.delivered();
+                self.stats.journal_left(q.entry.size);
+                self.remove_from_spool(&q.entry);
+            }
+            Err(error) => self.failed(mid, &error),
+        }
+        self.wake.notify_one();
+    }
+
+    fn failed(&self, mid: u64, error: &DeliveryError) {
+        self.log.event(Event::FailureDetail {
+            mid,
+            detail: &error.to_string(),
+        });
+        let (attempts, deadline, entry) = {
+            let state = self.lock();
+            let Some(q) = state.journals.get(&mid) else {
+                return;
+            };
+            (q.entry.attempts + 1, q.deadline, q.entry.clone())
+        };
+        if Instant::now() >= deadline {
+            if let Some(q) = self.forget(mid) {
+                self.expire(&q.entry);
+            }
+            return;
+        }
+        match retry::decide(error.class(), attempts, self.limits.retry_delay) {
+            Decision::Retry(delay) => {
+                if let Err(e) = self.spool.record_attempt(&entry, attempts) {
+                    self.log
+                        .line(Severity::Critical, &format!("TDC: MID {mid}: {e}"));
+                }
+                self.log.event(Event::RetryScheduled {
+                    mid,
+                    delay_secs: delay.as_secs(),
+                });
+                self.stats.soft_bounced();
+                // A retry due after the deadline never runs: expiry comes first.
+                let mut state = self.lock();
+                if let Some(q) = state.journals.get_mut(&mid) {
+                    q.in_flight = false;
+                    q.entry.attempts = attempts;
+                }
+                state.retry_at.insert((Instant::now() + delay, mid));
+            }
+            Decision::HardBounce => {
+                let Some(q) = self.forget(mid) else { return };
+                if let Kind::DnsPermanent(detail) = &error.kind {
+                    let domain = q.domain.as_str();
+                    self.log.event(Event::BadDestinationHost { domain, detail });
+                }
+                if error.class() == FailureClass::Tls {
+                    self.log.event(Event::TlsFailed { mid });
+                } else {
+                    self.log.event(Event::HardBounced { mid });
+                }
+                self.log.event(Event::Finished { mid });
+                self.stats.hard_bounced();
+                self.stats.journal_left(q.entry.size);
+                self.remove_from_spool(&q.entry);
+            }
+        }
+    }
+
+    /// A journal taken by a worker that did not try it goes back to the head of the line.
+    fn put_back(&self, mid: u64) {
+        let mut state = self.lock();
+        let Some(q) = state.journals.get_mut(&mid) else {
+            return;
+        };
+        q.in_flight = false;
+        let domain = q.domain.clone();
+        state.ready.entry(domain).or_default().push_front(mid);
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Journals waiting or in flight for a domain.
+    fn pending(state: &State, domain: &str) -> usize {
+        let ready = state.ready.get(domain).map_or(0, VecDeque::len);
+        let in_flight = state
+            .journals
+            .values()
+            .filter(|q| q.in_flight && q.domain == domain)
+            .count();
+        ready + in_flight
+    }
+
+    /// How many connections a domain's backlog wants: at least `min_connections` (or
+    /// one per journal if fewer), more as the backlog grows, never above the maximum.
+    fn wanted(&self, pending: usize) -> usize {
+        let l = &self.limits;
+        let by_backlog = pending.div_ceil(l.per_connection);
+        pending
+            .min(l.min_connections)
+            .max(by_backlog)
+            .min(l.max_connections)
+    }
+
+    /// Whether a worker that just finished a journal should carry on.
+    fn still_wanted(&self, domain: &str) -> bool {
+        let state = self.lock();
+        let open = state.connections.get(domain).copied().unwrap_or(0);
+        open <= self.wanted(Shared::pending(&state, domain))
+    }
+
+    fn connection_failed(&self, domain: &str, error: &DeliveryError) {
+        if error.class() != FailureClass::Network {
+            return;
+        }
+        let mut state = self.lock();
+        let delay = state
+            .backoff
+            .get(domain)
+            .map_or(BACKOFF_START, |b| (b.delay * 2).min(BACKOFF_MAX));
+        state.backoff.insert(
+            domain.to_string(),
+            Backoff {
+                until: Instant::now() + delay,
+                delay,
+            },
+        );
+    }
+
+    fn connection_succeeded(&self, domain: &str) {
+        self.lock().backoff.remove(domain);
+    }
+
+    /// Housekeeping: due retries become ready, expired journals leave, and workers are
+    /// started where the backlog wants them. Returns the domains to start workers for,
+    /// and when to look again.
+    fn plan(&self) -> (Vec<String>, Option<Instant>) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let mut starts = Vec::new();
+        let next_wake;
+        {
+            let mut state = self.lock();
+            while let Some(&(due, mid)) = state.retry_at.first() {
+                if due > now {
+                    break;
+                }
+                state.retry_at.pop_first();
+                if let Some(domain) = state.journals.get(&mid).map(|q| q.domain.clone()) {
+                    state.ready.entry(domain).or_default().push_back(mid);
+                }
+            }
+            let due: Vec<(Instant, u64)> = state
+                .expiry
+                .iter()
+                .take_while(|(d, _)| *d <= now)
+                .copied()
+                .collect();
+            for (deadline, mid) in due {
+                // In flight: the worker's stages are capped by the deadline, and it
+                // reports the expiry itself.
+                if state.journals.get(&mid).is_some_and(|q| !q.in_flight) {
+                    expired.push(mid);
+                } else {
+                    state.expiry.remove(&(deadline, mid));
+                }
+            }
+            drop(state);
+            for mid in expired {
+                if let Some(q) = self.forget(mid) {
+                    self.expire(&q.entry);
+                }
+            }
+
+            let mut state = self.lock();
+            if !self.stopping.load(Ordering::Relaxed) {
+                let mut total: usize = state.connections.values().sum();
+                let domains: Vec<String> = state
+                    .ready
+                    .iter()
+                    .filter(|(_, r)| !r.is_empty())
+                    .map(|(d, _)| d.clone())
+                    .collect();
+                for domain in domains {
+                    if state.backoff.get(&domain).is_some_and(|b| b.until > now) {
+                        continue;
+                    }
+                    let ready = state.ready.get(&domain).map_or(0, VecDeque::len);
+                    let open = state.connections.get(&domain).copied().unwrap_or(0);
+                    let want = self.wanted(Shared::pending(&state, &domain));
+                    let room = self.limits.max_connections.saturating_sub(total);
+                    let new = want.saturating_sub(open).min(ready).min(room);
+                    for _ in 0..new {
+                        starts.push(domain.clone());
+                    }
+                    total += new;
+                    *state.connections.entry(domain).or_default() += new;
+                }
+            }
+            let backoff_end = state
+                .backoff
+                .iter()
+                .filter(|(d, b)| {
+                    b.until > now && state.ready.get(*d).is_some_and(|r| !r.is_empty())
+                })
+                .map(|(_, b)| b.until)
+                .min();
+            next_wake = [
+                state.retry_at.first().map(|(t, _)| *t),
+                state.expiry.first().map(|(t, _)| *t),
+                backoff_end,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+        }
+        (starts, next_wake)
     }
 }
 
 impl Scheduler {
-    /// Delivers until every [`Queue`] handle is gone and the last delivery has ended.
-    pub async fn run(mut self) {
-        let mut running = JoinSet::new();
+    /// Runs until `shutdown` completes; then stops starting connections, lets running
+    /// workers finish their current journal and returns. What is left stays in the spool.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let shared = self.shared;
+        let mut workers = JoinSet::new();
+        tokio::pin!(shutdown);
         loop {
-            tokio::select! {
-                next = self.rx.recv() => {
-                    let Some(queued) = next else { break };
-                    let permit = match self.connections.clone().acquire_owned().await {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    };
-                    let deliverer = self.deliverer.clone();
-                    let log = self.log.clone();
-                    running.spawn(async move {
-                        attempt(&deliverer, &log, queued).await;
-                        drop(permit);
-                    });
+            let (starts, next_wake) = shared.plan();
+            for domain in starts {
+                workers.spawn(worker(shared.clone(), domain));
+            }
+            let sleep = async {
+                match next_wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = shared.wake.notified() => {}
+                _ = sleep => {}
+                Some(_) = workers.join_next(), if !workers.is_empty() => {}
             }
         }
-        while running.join_next().await.is_some() {}
+        shared.stopping.store(true, Ordering::Relaxed);
+        while workers.join_next().await.is_some() {}
     }
 }
 
-/// One delivery attempt and its outcome lines.
-async fn attempt(deliverer: &Deliverer, log: &Log, queued: Queued) {
-    let Queued { entry, deadline } = queued;
-    let mid = entry.mid;
-    let job = Job {
-        mid,
-        sender: entry.sender,
-        intake: entry.intake,
-        message: entry.message,
-        eight_bit: entry.eight_bit,
-        deadline,
-    };
-    match deliverer.deliver(&job).await {
-        Ok(_) => log.event(Event::Delivered { mid }),
-        Err(e) => {
-            log.event(Event::FailureDetail {
-                mid,
-                detail: &e.to_string(),
-            });
-            match e.class() {
-                FailureClass::Tls => log.event(Event::TlsFailed { mid }),
-                _ => log.event(Event::HardBounced { mid }),
-            }
+/// One connection: journal after journal for `domain` until there is nothing left for
+/// it, the per-connection limit is reached, or the connection fails.
+async fn worker(shared: Arc<Shared>, domain: String) {
+    run_connection(&shared, &domain).await;
+    {
+        let mut state = shared.lock();
+        if let Some(n) = state.connections.get_mut(&domain) {
+            *n = n.saturating_sub(1);
         }
     }
-    log.event(Event::Finished { mid });
+    shared.wake.notify_one();
+}
+
+async fn run_connection(shared: &Shared, domain: &str) {
+    let Some((first, deadline)) = shared.take(domain) else {
+        return;
+    };
+    let mut connection = match shared.deliverer.connect(domain, deadline).await {
+        Ok(c) => c,
+        Err(e) => {
+            shared.connection_failed(domain, &e);
+            shared.finish(first.mid, Err(e));
+            return;
+        }
+    };
+    shared.connection_succeeded(domain);
+    shared.stats.connection_opened();
+    let mut next = Some((first, deadline));
+    let mut sent = 0;
+    while let Some((entry, deadline)) = next.take() {
+        let job = match load_job(shared, &entry, deadline).await {
+            Ok(job) => job,
+            Err(e) => {
+                shared
+                    .log
+                    .line(Severity::Critical, &format!("TDC: MID {}: {e}", entry.mid));
+                shared.finish(
+                    entry.mid,
+                    Err(DeliveryError::new(
+                        crate::delivery::Stage::Mail,
+                        Kind::Protocol(format!("spool file unreadable: {e}")),
+                    )),
+                );
+                continue;
+            }
+        };
+        let result = connection.send(&job).await;
+        sent += 1;
+        let usable = !matches!(&result, Err(e) if e.is_connection_level());
+        shared.finish(entry.mid, result);
+        if !usable {
+            shared.stats.connection_closed();
+            return;
+        }
+        if sent >= shared.limits.per_connection
+            || shared.stopping.load(Ordering::Relaxed)
+            || !shared.still_wanted(domain)
+        {
+            break;
+        }
+        let Some((entry, deadline)) = shared.take(domain) else {
+            break;
+        };
+        if connection.reset(deadline).await.is_err() {
+            shared.put_back(entry.mid);
+            shared.stats.connection_closed();
+            return;
+        }
+        next = Some((entry, deadline));
+    }
+    connection.close().await;
+    shared.stats.connection_closed();
+}
+
+async fn load_job(
+    shared: &Shared,
+    entry: &SpoolEntry,
+    deadline: Instant,
+) -> Result<Job, SpoolError> {
+    let message = shared.spool.read_journal(entry)?;
+    Ok(Job {
+        mid: entry.mid,
+        sender: entry.sender.clone(),
+        intake: entry.intake.clone(),
+        message: Bytes::from(message),
+        eight_bit: entry.eight_bit,
+        deadline,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_are_case_insensitive() {
+        assert_eq!(domain_of("a@Intake.Example"), "intake.example");
+        assert_eq!(domain_of("nodomain"), "");
+    }
 }

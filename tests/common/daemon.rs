@@ -84,10 +84,17 @@ impl Daemon {
     }
 }
 
-/// Settings for a test: static route to the fake intake, its CA, short lifetime.
+/// Settings for a test: static route to the fake intake, its CA, short lifetime, and a
+/// spool beside the CA file.
 pub fn settings_yaml(intake: SocketAddr, ca_file: &Path, extra_policies: &str) -> String {
+    let spool = ca_file
+        .parent()
+        .map(|d| d.join("spool"))
+        .unwrap_or_else(|| "spool".into());
     format!(
-        r#"intake_address: global@intake.test
+        r#"queue:
+  spool_dir: "{spool}"
+intake_address: global@intake.test
 milter:
   listen: inet:127.0.0.1:8895
 journal:
@@ -100,7 +107,8 @@ policies:
 {extra_policies}  - name: DEFAULT
     connector: global
 "#,
-        ca = ca_file.display()
+        ca = ca_file.display(),
+        spool = spool.display()
     )
 }
 

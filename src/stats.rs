@@ -1,0 +1,129 @@
+//! Counters and gauges of the.tdc.queue, read as one snapshot by the CLI and metrics.
+//!
+//! The names follow the appliance's `tophosts` columns where one exists.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Journals in the queue (waiting, retrying or being delivered): "Active Recip.".
+    active: AtomicU64,
+    /// Bytes of those journals in the spool.
+    active_bytes: AtomicU64,
+    /// Open connections to the intake: "Conn. Out".
+    connections: AtomicU64,
+    /// "Deliv. Recip."
+    delivered: AtomicU64,
+    /// Failures that got their retry: "Soft Bounced".
+    soft_bounced: AtomicU64,
+    /// Failures that ended the journal, expiry included: "Hard Bounced".
+    hard_bounced: AtomicU64,
+    /// Of the hard bounces, those removed because their lifetime ended.
+    expired: AtomicU64,
+    /// Journals refused because the queue was full or the spool could not be written.
+    refused: AtomicU64,
+    /// Originals over journal.max_size.
+    too_large: AtomicU64,
+}
+
+/// The values at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub active: u64,
+    pub active_bytes: u64,
+    pub connections: u64,
+    pub delivered: u64,
+    pub soft_bounced: u64,
+    pub hard_bounced: u64,
+    pub expired: u64,
+    pub refused: u64,
+    pub too_large: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> Snapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            active: get(&self.active),
+            active_bytes: get(&self.active_bytes),
+            connections: get(&self.connections),
+            delivered: get(&self.delivered),
+            soft_bounced: get(&self.soft_bounced),
+            hard_bounced: get(&self.hard_bounced),
+            expired: get(&self.expired),
+            refused: get(&self.refused),
+            too_large: get(&self.too_large),
+        }
+    }
+
+    pub fn journal_queued(&self, bytes: u64) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.active_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A journal left the queue, whatever the outcome.
+    pub fn journal_left(&self, bytes: u64) {
+        let _ = self
+            .active
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        let _ = self
+            .active_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        let _ = self
+            .connections
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+
+    pub fn delivered(&self) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn soft_bounced(&self) {
+        self.soft_bounced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn hard_bounced(&self) {
+        self.hard_bounced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Expiry counts as a hard bounce too (SPEC §5.1).
+    pub fn expired(&self) {
+        self.expired.fetch_add(1, Ordering::Relaxed);
+        self.hard_bounced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn too_large(&self) {
+        self.too_large.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauges_never_go_below_zero_and_expiry_is_a_hard_bounce() {
+        let stats = Stats::default();
+        stats.journal_queued(100);
+        stats.journal_left(100);
+        stats.journal_left(100);
+        stats.connection_closed();
+        stats.expired();
+        let s = stats.snapshot();
+        assert_eq!((s.active, s.active_bytes, s.connections), (0, 0, 0));
+        assert_eq!((s.expired, s.hard_bounced), (1, 1));
+    }
+}
