@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use indymilter_test::TestConnection;
+use std::sync::Arc;
 use tdc_milter::config::Settings;
+use tdc_milter::stats::Stats;
 use tdc_milter::tdclog::Log;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -14,6 +16,7 @@ use tokio::task::JoinHandle;
 pub struct Daemon {
     pub addr: SocketAddr,
     pub log: Log,
+    pub stats: Arc<Stats>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tdc_milter::RunError>>,
 }
@@ -29,13 +32,21 @@ impl Daemon {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let log = Log::memory();
+        let stats = Arc::new(Stats::default());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(tdc_milter::run(listener, settings, log.clone(), async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(tdc_milter::run_with_stats(
+            listener,
+            settings,
+            log.clone(),
+            stats.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Daemon {
             addr,
             log,
+            stats,
             stop: Some(stop),
             task,
         }
@@ -60,6 +71,24 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Sends one simple message on a new milter connection.
+    pub async fn journal(&self, queue_id: &str, recipient: &str) {
+        let mut conn = self.connect().await;
+        conn.connect("client.example", [192, 0, 2, 7])
+            .await
+            .expect("connect");
+        let msg = TestMessage {
+            queue_id,
+            sender: "<a@sender.example>",
+            recipients: &[recipient],
+            headers: &[("Subject", queue_id)],
+            body: b"body\r\n",
+            auth: None,
+        };
+        assert_eq!(send(&mut conn, &msg).await, indymilter_test::Status::Accept);
+        conn.close().await.expect("close");
     }
 
     pub fn lines_with(&self, needle: &str) -> Vec<String> {
@@ -87,10 +116,36 @@ impl Daemon {
 /// Settings for a test: static route to the fake intake, its CA, short lifetime, and a
 /// spool beside the CA file.
 pub fn settings_yaml(intake: SocketAddr, ca_file: &Path, extra_policies: &str) -> String {
+    settings_with(intake, ca_file, extra_policies, "")
+}
+
+/// [`settings_yaml`] with more `delivery:` keys (each line indented by two spaces);
+/// a key given here replaces the default one.
+pub fn settings_with(
+    intake: SocketAddr,
+    ca_file: &Path,
+    extra_policies: &str,
+    delivery: &str,
+) -> String {
     let spool = ca_file
         .parent()
         .map(|d| d.join("spool"))
         .unwrap_or_else(|| "spool".into());
+    let mut delivery_lines = vec![
+        format!("  route: [\"{intake}\"]"),
+        format!(
+            "  tls: {{ verify: true, ca_file: \"{}\" }}",
+            ca_file.display()
+        ),
+    ];
+    let extra: Vec<&str> = delivery.lines().filter(|l| !l.trim().is_empty()).collect();
+    if !extra
+        .iter()
+        .any(|l| l.trim_start().starts_with("lifetime:"))
+    {
+        delivery_lines.push("  lifetime: 10s".into());
+    }
+    delivery_lines.extend(extra.iter().map(|l| l.to_string()));
     format!(
         r#"queue:
   spool_dir: "{spool}"
@@ -100,15 +155,13 @@ milter:
 journal:
   sender: tdc@gw.test
 delivery:
-  route: ["{intake}"]
-  tls: {{ verify: true, ca_file: "{ca}" }}
-  lifetime: 10s
+{delivery}
 policies:
 {extra_policies}  - name: DEFAULT
     connector: global
 "#,
-        ca = ca_file.display(),
-        spool = spool.display()
+        spool = spool.display(),
+        delivery = delivery_lines.join("\n")
     )
 }
 

@@ -37,6 +37,22 @@ pub enum Step {
     Close,
     /// Never answer; keep the connection open until the intake shuts down.
     Stall,
+    /// Reply after a pause (a slow intake).
+    Slow(Duration, u16, String),
+}
+
+impl Step {
+    /// The reply code this step sends, if it sends one.
+    fn code(&self) -> Option<u16> {
+        match self {
+            Step::Reply(code, _) | Step::Slow(_, code, _) => Some(*code),
+            Step::Close | Step::Stall => None,
+        }
+    }
+
+    fn positive(&self) -> bool {
+        self.code().is_some_and(|c| (200..300).contains(&c))
+    }
 }
 
 pub fn reply(code: u16, text: &str) -> Step {
@@ -49,6 +65,8 @@ pub struct IntakeScript {
     steps: HashMap<Stage, Step>,
     /// (0-based message number on the intake, stage) → step, overriding `steps`.
     per_message: HashMap<(usize, Stage), Step>,
+    /// (0-based connection number, stage) → step, overriding both.
+    per_connection: HashMap<(usize, Stage), Step>,
     /// EHLO keywords after the host name (STARTTLS is added before TLS when offered).
     capabilities: Vec<String>,
     offer_starttls: bool,
@@ -61,6 +79,7 @@ impl Default for IntakeScript {
         IntakeScript {
             steps: HashMap::new(),
             per_message: HashMap::new(),
+            per_connection: HashMap::new(),
             capabilities: [
                 "PIPELINING",
                 "8BITMIME",
@@ -78,6 +97,10 @@ impl Default for IntakeScript {
 }
 
 impl IntakeScript {
+    fn step_on(&self, connection: usize, stage: Stage, message: usize) -> Step {
+        self.step(stage, message, connection)
+    }
+
     pub fn pki(mut self, pki: TestPki) -> Self {
         self.pki = pki;
         self
@@ -89,6 +112,11 @@ impl IntakeScript {
     /// Steers one stage of the `n`th transaction only (0-based, counted on the intake).
     pub fn on_message(mut self, n: usize, stage: Stage, step: Step) -> Self {
         self.per_message.insert((n, stage), step);
+        self
+    }
+    /// Steers one stage on the `n`th connection only (0-based).
+    pub fn on_connection(mut self, n: usize, stage: Stage, step: Step) -> Self {
+        self.per_connection.insert((n, stage), step);
         self
     }
     pub fn without_starttls(mut self) -> Self {
@@ -104,7 +132,10 @@ impl IntakeScript {
         self
     }
 
-    fn step(&self, stage: Stage, message: usize) -> Step {
+    fn step(&self, stage: Stage, message: usize, connection: usize) -> Step {
+        if let Some(step) = self.per_connection.get(&(connection, stage)) {
+            return step.clone();
+        }
         if let Some(step) = self.per_message.get(&(message, stage)) {
             return step.clone();
         }
@@ -339,9 +370,13 @@ impl Session<'_> {
         stage: Stage,
         message: usize,
     ) -> bool {
-        match self.script.step(stage, message) {
+        match self.script.step_on(self.conn, stage, message) {
             Step::Reply(code, text) => write_reply(io, code, &text).await,
             Step::Close => false,
+            Step::Slow(pause, code, text) => {
+                tokio::time::sleep(pause).await;
+                write_reply(io, code, &text).await
+            }
             Step::Stall => {
                 std::future::pending::<()>().await;
                 false
@@ -365,14 +400,16 @@ impl Session<'_> {
                     if self.tls.is_none() && self.script.offer_starttls {
                         lines.push("STARTTLS".into());
                     }
-                    match self.script.step(Stage::Ehlo, number) {
-                        Step::Reply(250, _) => write_reply(io, 250, &lines.join("\n")).await,
+                    match self.script.step_on(self.conn, Stage::Ehlo, number) {
+                        step if step.code() == Some(250) => {
+                            write_reply(io, 250, &lines.join("\n")).await
+                        }
                         _ => self.say(io, Stage::Ehlo, number).await,
                     }
                 }
                 "STARTTLS" if self.tls.is_none() && self.script.offer_starttls => {
-                    let step = self.script.step(Stage::StartTls, number);
-                    let go = matches!(step, Step::Reply(220, _));
+                    let step = self.script.step_on(self.conn, Stage::StartTls, number);
+                    let go = step.code() == Some(220);
                     if !self.say(io, Stage::StartTls, number).await {
                         return End::Done;
                     }
@@ -386,8 +423,8 @@ impl Session<'_> {
                 }
                 "MAIL" => {
                     let (from, params) = parse_path(&line, "MAIL FROM:");
-                    let step = self.script.step(Stage::Mail, number);
-                    if matches!(step, Step::Reply(c, _) if (200..300).contains(&c)) {
+                    let step = self.script.step_on(self.conn, Stage::Mail, number);
+                    if step.positive() {
                         self.transaction = Some(Transaction {
                             mail_from: from,
                             mail_params: params,
@@ -400,8 +437,8 @@ impl Session<'_> {
                 }
                 "RCPT" => {
                     let n = self.transaction.as_ref().map_or(number, |t| t.number);
-                    let step = self.script.step(Stage::Rcpt, n);
-                    let accepted = matches!(step, Step::Reply(c, _) if (200..300).contains(&c));
+                    let step = self.script.step_on(self.conn, Stage::Rcpt, n);
+                    let accepted = step.positive();
                     if let (Some(t), true) = (self.transaction.as_mut(), accepted) {
                         t.rcpt_to.push(parse_path(&line, "RCPT TO:").0);
                     }
@@ -416,7 +453,7 @@ impl Session<'_> {
                         write_reply(io, 503, "5.5.1 Error: need RCPT command").await
                     } else {
                         let n = self.transaction.as_ref().map_or(number, |t| t.number);
-                        let go = matches!(self.script.step(Stage::Data, n), Step::Reply(354, _));
+                        let go = self.script.step_on(self.conn, Stage::Data, n).code() == Some(354);
                         if !self.say(io, Stage::Data, n).await {
                             return End::Done;
                         }
@@ -424,7 +461,7 @@ impl Session<'_> {
                             let Some(data) = self.read_data(io).await else {
                                 return End::Done;
                             };
-                            let stored = matches!(self.script.step(Stage::Dot, n), Step::Reply(c, _) if (200..300).contains(&c));
+                            let stored = self.script.step_on(self.conn, Stage::Dot, n).positive();
                             if stored {
                                 self.store(data);
                             } else {
