@@ -172,6 +172,26 @@ async fn reply_421_mid_session_is_retried_and_logged_with_its_text() {
 }
 
 #[tokio::test]
+async fn reply_421_then_hang_up_is_reported_with_the_421() {
+    // A real intake closes the connection after 421; the pipelined RCPT and DATA then
+    // get no reply. The 421 is the reason, and the journal is retried.
+    let script = IntakeScript::default()
+        .on_connection(0, Stage::Mail, reply(421, "4.7.0 too busy"))
+        .on_connection(0, Stage::Rcpt, Step::Close);
+    let (lines, stats, intake) = one_journal(script).await;
+    assert!(
+        has(
+            &lines,
+            "delivery attempt failed: MAIL FROM: server replied 421 4.7.0 too busy"
+        ),
+        "{lines:#?}"
+    );
+    assert!(has(&lines, DELIVERED));
+    assert_eq!((stats.soft_bounced, stats.delivered), (1, 1));
+    intake.shutdown().await;
+}
+
+#[tokio::test]
 async fn replies_503_and_552_are_retried() {
     for (stage, code) in [(Stage::Data, 503), (Stage::Dot, 552), (Stage::Mail, 552)] {
         let script = IntakeScript::default().on_connection(0, stage, reply(code, "5.3.4 odd"));
@@ -258,7 +278,7 @@ async fn lifetime_ends_during_a_stalled_retry() {
         "the stall was not cut at the lifetime"
     );
     assert!(
-        has(&lines, "delivery attempt failed: MAIL FROM: timeout"),
+        has(&lines, "delivery attempt failed: DATA: timeout"),
         "{lines:#?}"
     );
     assert!(has(&lines, "details: timeout"), "{lines:#?}");

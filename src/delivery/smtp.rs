@@ -386,14 +386,33 @@ impl Session {
         if self.caps.pipelining {
             let batch = format!("{mail}{rcpt}DATA\r\n");
             let wire = &mut self.wire;
-            let (mail_r, rcpt_r, data_r) = staged(Stage::Mail, t.command, deadline, async {
-                wire.write(batch.as_bytes()).await?;
-                let m = wire.read_reply().await?;
-                let r = wire.read_reply().await?;
-                let d = wire.read_reply().await?;
-                Ok((m, r, d))
-            })
+            staged(
+                Stage::Mail,
+                t.command,
+                deadline,
+                wire.write(batch.as_bytes()),
+            )
             .await?;
+            // Each reply is read under its own stage, so a timeout names the command
+            // the server left unanswered.
+            // A server that refuses and hangs up (421) fails the later reads: the
+            // earlier refusal is the real reason then.
+            let mail_r = staged(Stage::Mail, t.command, deadline, wire.read_reply()).await?;
+            let rcpt_r = match staged(Stage::Rcpt, t.command, deadline, wire.read_reply()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    expect(Stage::Mail, mail_r, positive)?;
+                    return Err(e);
+                }
+            };
+            let data_r = match staged(Stage::Data, t.command, deadline, wire.read_reply()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    expect(Stage::Mail, mail_r, positive)?;
+                    expect(Stage::Rcpt, rcpt_r, positive)?;
+                    return Err(e);
+                }
+            };
             // Decide in protocol order: a 503 to DATA after a refused RCPT is the
             // RCPT's failure, not a DATA one (SPEC §5.5).
             expect(Stage::Mail, mail_r, positive)?;
