@@ -43,13 +43,21 @@ impl Daemon {
                 let _ = stopped.await;
             },
         ));
-        Daemon {
+        let daemon = Daemon {
             addr,
             log,
             stats,
             stop: Some(stop),
             task,
-        }
+        };
+        // Ready once the spool is open and the milter is about to serve.
+        daemon
+            .wait_for_log(
+                concat!("tdc-milter ", env!("CARGO_PKG_VERSION"), " starting"),
+                1,
+            )
+            .await;
+        daemon
     }
 
     pub async fn connect(&self) -> TestConnection {
