@@ -237,9 +237,8 @@ impl fmt::Display for Event<'_> {
             ),
             Event::BadDestinationHost { domain, detail } => write!(
                 f,
-                "TDC: Hard bounced - 5.1.2 - Bad destination host ('000', ['DNS Hard Error looking up {} (MX) : {}'])",
-                sanitize(domain),
-                sanitize(detail)
+                "TDC: Hard bounced - {}",
+                bad_destination_host(domain, detail)
             ),
             Event::Recovered { count } => {
                 write!(f, "TDC: {count} journals recovered from the spool")
@@ -267,6 +266,16 @@ impl fmt::Display for Event<'_> {
             ),
         }
     }
+}
+
+/// The appliance's response text for an intake domain that cannot receive mail; it
+/// appears in the `Hard bounced` and the `Bounced` lines.
+pub fn bad_destination_host(domain: &str, reason: &str) -> String {
+    format!(
+        "5.1.2 - Bad destination host ('000', ['DNS Hard Error looking up {} (MX) : {}'])",
+        sanitize(domain),
+        sanitize(reason)
+    )
 }
 
 /// Makes a value taken from a message or a peer safe for a one-line log entry:
@@ -520,6 +529,14 @@ mod tests {
         assert_eq!(
             Event::HardBounced { mid: 171 }.to_string(),
             "TDC: MID 171 delivery failed to Cisco Secure Email Threat Defense: Hard Bounced."
+        );
+        assert_eq!(
+            Event::BadDestinationHost {
+                domain: "outbound.cisco.om",
+                detail: "NXDomain"
+            }
+            .to_string(),
+            "TDC: Hard bounced - 5.1.2 - Bad destination host ('000', ['DNS Hard Error looking up outbound.cisco.om (MX) : NXDomain'])"
         );
         assert_eq!(
             Event::DnsError {

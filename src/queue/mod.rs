@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::config::Settings;
 use crate::delivery::{Deliverer, DeliveryError, FailureClass, Job, Kind, Reply};
 use crate::stats::Stats;
-use crate::tdclog::{Event, Log, Severity};
+use crate::tdclog::{self, Event, Log, Severity};
 use retry::Decision;
 use spool::{Spool, SpoolEntry, SpoolError};
 
@@ -416,14 +416,33 @@ impl Shared {
             }
             Decision::HardBounce => {
                 let Some(q) = self.forget(mid) else { return };
-                if let Kind::DnsPermanent(detail) = &error.kind {
-                    let domain = q.domain.as_str();
-                    self.log.event(Event::BadDestinationHost { domain, detail });
+                // The appliance's sequence for an intake domain that cannot receive mail.
+                let bad_host = match &error.kind {
+                    // "intake.test MX - NXDomain" → "NXDomain", as the appliance words it.
+                    Kind::DnsPermanent(detail) => Some(
+                        detail
+                            .rsplit_once(" - ")
+                            .map_or(detail.as_str(), |(_, r)| r),
+                    ),
+                    _ => None,
+                };
+                if let Some(reason) = bad_host {
+                    self.log.event(Event::BadDestinationHost {
+                        domain: &q.domain,
+                        detail: reason,
+                    });
                 }
                 if error.class() == FailureClass::Tls {
                     self.log.event(Event::TlsFailed { mid });
                 } else {
                     self.log.event(Event::HardBounced { mid });
+                }
+                if let Some(reason) = bad_host {
+                    self.log.event(Event::Bounced {
+                        dcid: 0,
+                        mid,
+                        response: &tdclog::bad_destination_host(&q.domain, reason),
+                    });
                 }
                 self.log.event(Event::Finished { mid });
                 self.stats.hard_bounced();
