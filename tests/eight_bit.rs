@@ -3,9 +3,8 @@
 
 mod common;
 
-use common::daemon::{send, settings_yaml, Daemon, TestMessage};
+use common::daemon::{settings_yaml, Daemon, TestMessage};
 use common::fake_intake::IntakeScript;
-use indymilter_test::Status;
 use std::time::Duration;
 
 const BODY: &[u8] = b"Gr\xc3\xbc\xc3\x9fe aus M\xfcnchen\r\n";
@@ -29,12 +28,10 @@ async fn eight_bit_original_is_sent_unaltered_with_body_8bitmime() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (intake, ca) = common::start_intake(IntakeScript::default(), dir.path()).await;
     let daemon = Daemon::start(&settings_yaml(intake.addr(), &ca, ""), dir.path()).await;
-    let mut conn = daemon.connect().await;
-    conn.connect("client.example", [192, 0, 2, 7])
-        .await
-        .expect("connect");
-    assert_eq!(send(&mut conn, &message()).await, Status::Accept);
-    conn.close().await.expect("close");
+    assert_eq!(
+        daemon.send_one(&message()).await,
+        indymilter_test::Status::Accept
+    );
 
     let received = intake.wait_for_messages(1, Duration::from_secs(20)).await;
     let m = &received[0];
@@ -73,12 +70,10 @@ async fn intake_without_8bitmime_gets_no_reencoded_copy() {
     let script = IntakeScript::default().capabilities(&["PIPELINING", "SIZE 52428800"]);
     let (intake, ca) = common::start_intake(script, dir.path()).await;
     let daemon = Daemon::start(&settings_yaml(intake.addr(), &ca, ""), dir.path()).await;
-    let mut conn = daemon.connect().await;
-    conn.connect("client.example", [192, 0, 2, 7])
-        .await
-        .expect("connect");
-    assert_eq!(send(&mut conn, &message()).await, Status::Accept);
-    conn.close().await.expect("close");
+    assert_eq!(
+        daemon.send_one(&message()).await,
+        indymilter_test::Status::Accept
+    );
     let lines = daemon.wait_for_log("Message finished MID 1 done", 1).await;
     assert!(
         lines

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::daemon::{send, settings_yaml, Daemon, TestMessage};
+use common::daemon::{settings_yaml, Daemon, TestMessage};
 use common::fake_intake::IntakeScript;
 use std::time::Duration;
 
@@ -40,12 +40,7 @@ async fn recipients_split_into_one_journal_per_intake() {
         body: b"line one\r\n.dotted line\r\n",
         auth: None,
     };
-    let mut conn = daemon.connect().await;
-    conn.connect("client.example", [192, 0, 2, 7])
-        .await
-        .expect("connect");
-    assert_eq!(send(&mut conn, &msg).await, indymilter_test::Status::Accept);
-    conn.close().await.expect("close");
+    assert_eq!(daemon.send_one(&msg).await, indymilter_test::Status::Accept);
 
     let received = intake.wait_for_messages(2, Duration::from_secs(20)).await;
     let expected_original = msg.expected_original("192.0.2.7");

@@ -4,29 +4,15 @@
 
 mod common;
 
-use common::daemon::{send, settings_yaml, Daemon, TestMessage};
+use common::daemon::{settings_yaml, Daemon};
 use common::fake_intake::{reply, FakeIntake, IntakeScript, Stage};
 use common::pki::{TestPki, TlsVersions};
-use indymilter_test::Status;
 use std::path::PathBuf;
 
 /// Sends one clean message and returns the daemon's log once its journal is finished.
 async fn journal_one(intake: &FakeIntake, ca: PathBuf, dir: &std::path::Path) -> Vec<String> {
     let daemon = Daemon::start(&settings_yaml(intake.addr(), &ca, ""), dir).await;
-    let mut conn = daemon.connect().await;
-    conn.connect("client.example", [192, 0, 2, 7])
-        .await
-        .expect("connect");
-    let msg = TestMessage {
-        queue_id: "QTLS",
-        sender: "<a@sender.example>",
-        recipients: &["<bob@example.com>"],
-        headers: &[("Subject", "tls")],
-        body: b"secret\r\n",
-        auth: None,
-    };
-    assert_eq!(send(&mut conn, &msg).await, Status::Accept);
-    conn.close().await.expect("close");
+    daemon.journal("QTLS", "<bob@example.com>").await;
     daemon.wait_for_log("Message finished MID 1 done", 1).await;
     daemon.stop().await
 }

@@ -83,17 +83,13 @@ impl Deliverer {
         let mut last_error = None;
         for target in &targets {
             let dcid = self.next_dcid.fetch_add(1, Ordering::Relaxed);
-            match smtp::open(
-                target,
-                &self.helo_name,
-                &self.connector,
-                dcid,
-                deadline,
-                self.timeouts,
-                &self.log,
-            )
-            .await
-            {
+            let dialer = smtp::Dialer {
+                helo_name: &self.helo_name,
+                connector: &self.connector,
+                timeouts: self.timeouts,
+                log: &self.log,
+            };
+            match dialer.open(target, dcid, deadline).await {
                 Ok(session) => {
                     return Ok(Connection {
                         deliverer: self,

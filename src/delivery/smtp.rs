@@ -225,122 +225,129 @@ pub struct OpenError {
     pub local: Option<IpAddr>,
 }
 
-/// Connects, reads the greeting, EHLO, STARTTLS (required), handshake, EHLO again.
-pub async fn open(
-    target: &Target,
-    helo_name: &str,
-    connector: &TlsConnector,
-    dcid: u64,
-    deadline: Instant,
-    timeouts: Timeouts,
-    log: &Log,
-) -> Result<Session, OpenError> {
-    let tcp = staged(Stage::Connect, timeouts.connect, deadline, async {
-        TcpStream::connect(target.address).await.map_err(io_kind)
-    })
-    .await
-    .map_err(|error| OpenError { error, local: None })?;
-    let _ = tcp.set_nodelay(true);
-    let local = tcp.local_addr().ok().map(|a| a.ip());
-    establish(
-        tcp, local, target, helo_name, connector, dcid, deadline, timeouts, log,
-    )
-    .await
-    .map_err(|error| OpenError { error, local })
+/// What every session to the intake is opened with.
+pub struct Dialer<'a> {
+    pub helo_name: &'a str,
+    pub connector: &'a TlsConnector,
+    pub timeouts: Timeouts,
+    pub log: &'a Log,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn establish(
-    tcp: TcpStream,
-    local: Option<IpAddr>,
-    target: &Target,
-    helo_name: &str,
-    connector: &TlsConnector,
-    dcid: u64,
-    deadline: Instant,
-    timeouts: Timeouts,
-    log: &Log,
-) -> Result<Session, DeliveryError> {
-    if let Some(interface) = local {
-        log.event(Event::NewConnection {
-            dcid,
-            interface,
-            address: target.address.ip(),
-            port: target.address.port(),
-        });
-    }
-
-    let mut plain = Wire::new(tcp);
-    let greeting = staged(
-        Stage::Greeting,
-        timeouts.command,
-        deadline,
-        plain.read_reply(),
-    )
-    .await?;
-    expect(Stage::Greeting, greeting, |c| c == 220)?;
-
-    let ehlo = format!("EHLO {helo_name}\r\n");
-    let caps = staged(Stage::Ehlo, timeouts.command, deadline, plain.ehlo(&ehlo)).await?;
-    if !caps.starttls {
-        return Err(DeliveryError::new(
-            Stage::Ehlo,
-            Kind::TlsUnavailable("the server does not offer STARTTLS".into()),
-        ));
-    }
-
-    let reply = staged(Stage::StartTls, timeouts.command, deadline, async {
-        plain.write(b"STARTTLS\r\n").await?;
-        plain.read_reply().await
-    })
-    .await?;
-    expect(Stage::StartTls, reply, |c| c == 220)?;
-    // Bytes that arrived after the 220 were sent before encryption: accepting them
-    // would let a man in the middle inject commands into the TLS session.
-    if !plain.io.buffer().is_empty() {
-        return Err(DeliveryError::new(
-            Stage::StartTls,
-            Kind::Tls("plaintext data after the STARTTLS reply".into()),
-        ));
-    }
-    let tcp = plain.io.into_inner();
-
-    let Some(name) = tls::server_name(&target.tls_name) else {
-        return Err(DeliveryError::new(
-            Stage::TlsHandshake,
-            Kind::Tls(format!(
-                "'{}' is not a valid TLS server name",
-                target.tls_name
-            )),
-        ));
-    };
-    let stream = staged(Stage::TlsHandshake, timeouts.command, deadline, async {
-        connector
-            .connect(name, tcp)
+impl Dialer<'_> {
+    /// Connects, reads the greeting, EHLO, STARTTLS (required), handshake, EHLO again.
+    pub async fn open(
+        &self,
+        target: &Target,
+        dcid: u64,
+        deadline: Instant,
+    ) -> Result<Session, OpenError> {
+        let tcp = staged(Stage::Connect, self.timeouts.connect, deadline, async {
+            TcpStream::connect(target.address).await.map_err(io_kind)
+        })
+        .await
+        .map_err(|error| OpenError { error, local: None })?;
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok().map(|a| a.ip());
+        self.establish(tcp, local, target, dcid, deadline)
             .await
-            .map_err(|e| Kind::Tls(handshake_error(&e)))
-    })
-    .await?;
-    let (_, conn) = stream.get_ref();
-    let protocol = tls::protocol_name(conn.protocol_version());
-    let cipher = tls::cipher_name(conn.negotiated_cipher_suite().map(|s| s.suite()));
-    log.event(Event::TlsSuccess {
-        dcid,
-        protocol: &protocol,
-        cipher: &cipher,
-    });
+            .map_err(|error| OpenError { error, local })
+    }
 
-    let mut wire = Wire::new(stream);
-    let caps = staged(Stage::TlsEhlo, timeouts.command, deadline, wire.ehlo(&ehlo)).await?;
+    async fn establish(
+        &self,
+        tcp: TcpStream,
+        local: Option<IpAddr>,
+        target: &Target,
+        dcid: u64,
+        deadline: Instant,
+    ) -> Result<Session, DeliveryError> {
+        let Dialer {
+            helo_name,
+            connector,
+            timeouts,
+            log,
+        } = *self;
+        if let Some(interface) = local {
+            log.event(Event::NewConnection {
+                dcid,
+                interface,
+                address: target.address.ip(),
+                port: target.address.port(),
+            });
+        }
 
-    Ok(Session {
-        wire,
-        caps,
-        timeouts,
-        dcid,
-        peer: target.address,
-        local,
-    })
+        let mut plain = Wire::new(tcp);
+        let greeting = staged(
+            Stage::Greeting,
+            timeouts.command,
+            deadline,
+            plain.read_reply(),
+        )
+        .await?;
+        expect(Stage::Greeting, greeting, |c| c == 220)?;
+
+        let ehlo = format!("EHLO {helo_name}\r\n");
+        let caps = staged(Stage::Ehlo, timeouts.command, deadline, plain.ehlo(&ehlo)).await?;
+        if !caps.starttls {
+            return Err(DeliveryError::new(
+                Stage::Ehlo,
+                Kind::TlsUnavailable("the server does not offer STARTTLS".into()),
+            ));
+        }
+
+        let reply = staged(Stage::StartTls, timeouts.command, deadline, async {
+            plain.write(b"STARTTLS\r\n").await?;
+            plain.read_reply().await
+        })
+        .await?;
+        expect(Stage::StartTls, reply, |c| c == 220)?;
+        // Bytes that arrived after the 220 were sent before encryption: accepting them
+        // would let a man in the middle inject commands into the TLS session.
+        if !plain.io.buffer().is_empty() {
+            return Err(DeliveryError::new(
+                Stage::StartTls,
+                Kind::Tls("plaintext data after the STARTTLS reply".into()),
+            ));
+        }
+        let tcp = plain.io.into_inner();
+
+        let Some(name) = tls::server_name(&target.tls_name) else {
+            return Err(DeliveryError::new(
+                Stage::TlsHandshake,
+                Kind::Tls(format!(
+                    "'{}' is not a valid TLS server name",
+                    target.tls_name
+                )),
+            ));
+        };
+        let stream = staged(Stage::TlsHandshake, timeouts.command, deadline, async {
+            connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| Kind::Tls(handshake_error(&e)))
+        })
+        .await?;
+        let (_, conn) = stream.get_ref();
+        let protocol = tls::protocol_name(conn.protocol_version());
+        let cipher = tls::cipher_name(conn.negotiated_cipher_suite().map(|s| s.suite()));
+        log.event(Event::TlsSuccess {
+            dcid,
+            protocol: &protocol,
+            cipher: &cipher,
+        });
+
+        let mut wire = Wire::new(stream);
+        let caps = staged(Stage::TlsEhlo, timeouts.command, deadline, wire.ehlo(&ehlo)).await?;
+
+        Ok(Session {
+            wire,
+            caps,
+            timeouts,
+            dcid,
+            peer: target.address,
+            local,
+        })
+    }
 }
 
 /// A handshake failure in words: the rustls error when there is one, EOF otherwise.

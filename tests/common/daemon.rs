@@ -81,12 +81,19 @@ impl Daemon {
         }
     }
 
-    /// Sends one simple message on a new milter connection.
-    pub async fn journal(&self, queue_id: &str, recipient: &str) {
+    /// Sends one message on a new milter connection from client 192.0.2.7.
+    pub async fn send_one(&self, msg: &TestMessage<'_>) -> indymilter_test::Status {
         let mut conn = self.connect().await;
         conn.connect("client.example", [192, 0, 2, 7])
             .await
             .expect("connect");
+        let status = send(&mut conn, msg).await;
+        conn.close().await.expect("close");
+        status
+    }
+
+    /// Sends one simple message; the original must be accepted.
+    pub async fn journal(&self, queue_id: &str, recipient: &str) {
         let msg = TestMessage {
             queue_id,
             sender: "<a@sender.example>",
@@ -95,8 +102,7 @@ impl Daemon {
             body: b"body\r\n",
             auth: None,
         };
-        assert_eq!(send(&mut conn, &msg).await, indymilter_test::Status::Accept);
-        conn.close().await.expect("close");
+        assert_eq!(self.send_one(&msg).await, indymilter_test::Status::Accept);
     }
 
     pub fn lines_with(&self, needle: &str) -> Vec<String> {
