@@ -20,6 +20,7 @@
 //! the binary and the integration tests; it makes no API promises.
 
 pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod journal;
 pub mod milter;
@@ -93,6 +94,23 @@ pub async fn run_with_stats(
     }
     let (queue, scheduler) =
         queue::open(&settings, deliverer, stats, log.clone()).map_err(RunError::Spool)?;
+    // The control socket is for looking; journaling goes on without it.
+    let control_socket = settings.control.socket.clone();
+    let controlling = match control::bind(&settings.control.socket) {
+        Ok(listener) => Some(tokio::spawn(control::serve(
+            listener,
+            Arc::new(control::Controller::new(queue.clone())),
+        ))),
+        Err(e) => {
+            log.line(
+                Severity::Warning,
+                &format!(
+                    "TDC: control socket not available ({e}); tophosts and status will not answer"
+                ),
+            );
+            None
+        }
+    };
     let (stop_delivery, delivery_stopped) = tokio::sync::oneshot::channel::<()>();
     let delivering = tokio::spawn(scheduler.run(async {
         let _ = delivery_stopped.await;
@@ -121,6 +139,10 @@ pub async fn run_with_stats(
             Severity::Warning,
             "TDC: deliveries still running at shutdown were abandoned; their journals stay in the spool",
         );
+    }
+    if let Some(task) = controlling {
+        task.abort();
+        let _ = std::fs::remove_file(&control_socket);
     }
     log.event(Event::Stopping);
     served.map_err(RunError::Milter)

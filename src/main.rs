@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use indymilter::EitherListener;
 use tdc_milter::config::{Settings, SocketSpec, DEFAULT_PATH};
+use tdc_milter::control;
 use tdc_milter::tdclog::Log;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
@@ -35,6 +36,18 @@ enum Command {
     },
     /// Validate the settings file: exit 0 if valid, else 1 with file:line:column errors
     CheckConfig,
+    /// Counters of the.tdc.queue in the running daemon, in the appliance's tophosts layout
+    Tophosts {
+        /// Print the JSON document instead
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delivery status of the running daemon: queue, connections, per-intake figures, last error
+    Status {
+        /// Print the JSON document instead
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -47,6 +60,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig => check_config(&cli.config),
+        Command::Tophosts { json } => ask(&cli.config, "tophosts", json),
+        Command::Status { json } => ask(&cli.config, "status", json),
         Command::Run { log } => {
             let log = match log {
                 LogTarget::Syslog => Log::syslog(),
@@ -74,6 +89,59 @@ fn check_config(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Asks the running daemon through its control socket and prints the answer.
+fn ask(path: &Path, request: &str, json: bool) -> ExitCode {
+    let settings = match Settings::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tdc-milter: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = match control::request(&settings.control.socket, request) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tdc-milter: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rendered = match request {
+        "tophosts" => serde_json::from_str::<control::TopHosts>(&answer).map(|t| {
+            if json {
+                pretty(&t)
+            } else {
+                control::render_tophosts(&t)
+            }
+        }),
+        _ => serde_json::from_str::<control::Status>(&answer).map(|s| {
+            if json {
+                pretty(&s)
+            } else {
+                control::render_status(&s)
+            }
+        }),
+    };
+    match rendered {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "tdc-milter: unexpected answer from the daemon ({e}): {}",
+                answer.trim()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pretty(value: &impl serde::Serialize) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 fn run(path: &Path, log: Log) -> Result<(), String> {

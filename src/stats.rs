@@ -2,7 +2,12 @@
 //!
 //! The names follow the appliance's `tophosts` columns where one exists.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -24,10 +29,30 @@ pub struct Stats {
     refused: AtomicU64,
     /// Originals over journal.max_size.
     too_large: AtomicU64,
+    /// Outcomes per intake address.
+    per_intake: Mutex<BTreeMap<String, IntakeCounts>>,
+    /// The latest failure, for `status`.
+    last_error: Mutex<Option<LastError>>,
+}
+
+/// Outcomes for one intake address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct IntakeCounts {
+    pub delivered: u64,
+    pub soft_bounced: u64,
+    pub hard_bounced: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastError {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub mid: u64,
+    pub error: String,
 }
 
 /// The values at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Snapshot {
     pub active: u64,
     pub active_bytes: u64,
@@ -83,22 +108,56 @@ impl Stats {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
     }
 
-    pub fn delivered(&self) {
+    fn for_intake(&self, intake: &str, count: impl FnOnce(&mut IntakeCounts)) {
+        if let Ok(mut map) = self.per_intake.lock() {
+            count(map.entry(intake.to_string()).or_default());
+        }
+    }
+
+    pub fn delivered(&self, intake: &str) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.for_intake(intake, |c| c.delivered += 1);
     }
 
-    pub fn soft_bounced(&self) {
+    pub fn soft_bounced(&self, intake: &str) {
         self.soft_bounced.fetch_add(1, Ordering::Relaxed);
+        self.for_intake(intake, |c| c.soft_bounced += 1);
     }
 
-    pub fn hard_bounced(&self) {
+    pub fn hard_bounced(&self, intake: &str) {
         self.hard_bounced.fetch_add(1, Ordering::Relaxed);
+        self.for_intake(intake, |c| c.hard_bounced += 1);
     }
 
     /// Expiry counts as a hard bounce too (SPEC §5.1).
-    pub fn expired(&self) {
+    pub fn expired(&self, intake: &str) {
         self.expired.fetch_add(1, Ordering::Relaxed);
-        self.hard_bounced.fetch_add(1, Ordering::Relaxed);
+        self.hard_bounced(intake);
+    }
+
+    /// Remembers the latest failed attempt.
+    pub fn failure(&self, mid: u64, error: &str) {
+        let at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(LastError {
+                at,
+                mid,
+                error: error.to_string(),
+            });
+        }
+    }
+
+    pub fn per_intake(&self) -> BTreeMap<String, IntakeCounts> {
+        self.per_intake
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().ok().and_then(|l| l.clone())
     }
 
     pub fn refused(&self) {
@@ -121,9 +180,15 @@ mod tests {
         stats.journal_left(100);
         stats.journal_left(100);
         stats.connection_closed();
-        stats.expired();
+        stats.expired("i@intake.test");
+        stats.delivered("j@intake.test");
         let s = stats.snapshot();
         assert_eq!((s.active, s.active_bytes, s.connections), (0, 0, 0));
-        assert_eq!((s.expired, s.hard_bounced), (1, 1));
+        assert_eq!((s.expired, s.hard_bounced, s.delivered), (1, 1, 1));
+        let per = stats.per_intake();
+        assert_eq!(per["i@intake.test"].hard_bounced, 1);
+        assert_eq!(per["j@intake.test"].delivered, 1);
+        stats.failure(3, "RCPT TO: server replied 452");
+        assert_eq!(stats.last_error().map(|e| e.mid), Some(3));
     }
 }

@@ -20,8 +20,9 @@ use super::values::{
 };
 use super::yaml_path::{node_at, Node};
 use super::{
-    Connector, DeliverySettings, HeaderVerdict, IncomingSettings, JournalSettings, MilterSettings,
-    Policy, QueueSettings, ResolverSpec, Route, Settings, TlsSettings, DEFAULT_POLICY,
+    Connector, ControlSettings, DeliverySettings, HeaderVerdict, IncomingSettings, JournalSettings,
+    MilterSettings, Policy, QueueSettings, ResolverSpec, Route, Settings, TlsSettings,
+    DEFAULT_POLICY,
 };
 
 const DEFAULT_LISTEN: &str = "inet:127.0.0.1:8895";
@@ -34,6 +35,7 @@ const DEFAULT_MIN_CONNECTIONS: usize = 3;
 const DEFAULT_MAX_MESSAGES_PER_CONNECTION: usize = 10;
 const DEFAULT_RETRY_DELAY_SECS: u64 = 5;
 const DEFAULT_SPOOL_DIR: &str = "/var/spool/tdc-milter";
+const DEFAULT_CONTROL_SOCKET: &str = "/run/tdc-milter/control.sock";
 const DEFAULT_QUEUE_MAX_MESSAGES: usize = 100_000;
 const DEFAULT_QUEUE_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// Longest bad value quoted in an error message.
@@ -155,7 +157,14 @@ struct RawSettings {
     journal: Option<RawJournal>,
     delivery: Option<RawDelivery>,
     queue: Option<RawQueue>,
+    control: Option<RawControl>,
     policies: Option<Spanned<Vec<RawPolicy>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -476,6 +485,17 @@ impl Loader<'_> {
         let journal = self.journal(raw.journal.unwrap_or_default())?;
         let delivery = self.delivery(raw.delivery.unwrap_or_default())?;
         let queue = self.queue(raw.queue.unwrap_or_default())?;
+        let control = match raw.control.unwrap_or_default().socket {
+            None => ControlSettings {
+                socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            },
+            Some(s) if s.value.trim().is_empty() => {
+                return Err(self.bad(&s, "control.socket", "the path is empty"))
+            }
+            Some(s) => ControlSettings {
+                socket: self.relative_to_file(s.value.trim()),
+            },
+        };
         let (policies, connector_at) = self.policies(raw.policies)?;
 
         if enabled && intake_address.is_none() {
@@ -510,6 +530,7 @@ impl Loader<'_> {
             journal,
             delivery,
             queue,
+            control,
             policies,
         })
     }

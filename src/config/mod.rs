@@ -34,6 +34,7 @@ pub struct Settings {
     pub journal: JournalSettings,
     pub delivery: DeliverySettings,
     pub queue: QueueSettings,
+    pub control: ControlSettings,
     /// Ordered incoming mail policies; the last one is always `DEFAULT`.
     pub policies: Vec<Policy>,
 }
@@ -121,6 +122,13 @@ pub struct DeliverySettings {
     pub max_connections: usize,
     /// Journals sent on one connection before it is closed (RSET between them).
     pub max_messages_per_connection: usize,
+}
+
+/// Where the CLI reaches the running daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlSettings {
+    /// Unix socket; only root and the daemon's group may open it (mode 0660).
+    pub socket: PathBuf,
 }
 
 /// the.tdc.queue's spool and its bounds.

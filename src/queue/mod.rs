@@ -202,7 +202,35 @@ pub fn open(
     ))
 }
 
+/// What is in the queue right now, for `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStatus {
+    pub journals: usize,
+    pub bytes: u64,
+    pub in_flight: usize,
+    pub waiting_for_retry: usize,
+    /// Age of the oldest journal, in seconds.
+    pub oldest_age_secs: Option<u64>,
+}
+
 impl Queue {
+    pub fn status(&self) -> QueueStatus {
+        let state = self.shared.lock();
+        let now = now_ms();
+        QueueStatus {
+            journals: state.journals.len(),
+            bytes: state.bytes,
+            in_flight: state.journals.values().filter(|q| q.in_flight).count(),
+            waiting_for_retry: state.retry_at.len(),
+            oldest_age_secs: state
+                .journals
+                .values()
+                .map(|q| q.entry.enqueued_ms)
+                .min()
+                .map(|t| now.saturating_sub(t) / 1000),
+        }
+    }
+
     /// A MID unique for the life of the spool.
     pub fn next_mid(&self) -> Result<u64, EnqueueError> {
         self.shared
@@ -344,7 +372,7 @@ impl Shared {
         });
         self.log.event(Event::HardBounced { mid });
         self.log.event(Event::Finished { mid });
-        self.stats.expired();
+        self.stats.expired(&entry.intake);
         self.stats.journal_left(entry.size);
         self.remove_from_spool(entry);
     }
@@ -368,7 +396,7 @@ impl Shared {
                 let Some(q) = self.forget(mid) else { return };
                 self.log.event(Event::Delivered { mid });
                 self.log.event(Event::Finished { mid });
-                self.stats.delivered();
+                self.stats.delivered(&q.entry.intake);
                 self.stats.journal_left(q.entry.size);
                 self.remove_from_spool(&q.entry);
             }
@@ -378,10 +406,12 @@ impl Shared {
     }
 
     fn failed(&self, mid: u64, error: &DeliveryError) {
+        let detail = error.to_string();
         self.log.event(Event::FailureDetail {
             mid,
-            detail: &error.to_string(),
+            detail: &detail,
         });
+        self.stats.failure(mid, &detail);
         let (attempts, deadline, entry) = {
             let state = self.lock();
             let Some(q) = state.journals.get(&mid) else {
@@ -405,7 +435,7 @@ impl Shared {
                     mid,
                     delay_secs: delay.as_secs(),
                 });
-                self.stats.soft_bounced();
+                self.stats.soft_bounced(&entry.intake);
                 // A retry due after the deadline never runs: expiry comes first.
                 let mut state = self.lock();
                 if let Some(q) = state.journals.get_mut(&mid) {
@@ -445,7 +475,7 @@ impl Shared {
                     });
                 }
                 self.log.event(Event::Finished { mid });
-                self.stats.hard_bounced();
+                self.stats.hard_bounced(&q.entry.intake);
                 self.stats.journal_left(q.entry.size);
                 self.remove_from_spool(&q.entry);
             }

@@ -160,9 +160,12 @@ pub fn settings_with(
         delivery_lines.push("  lifetime: 10s".into());
     }
     delivery_lines.extend(extra.iter().map(|l| l.to_string()));
+    let socket = spool.with_file_name("control.sock");
     format!(
         r#"queue:
   spool_dir: "{spool}"
+control:
+  socket: "{socket}"
 intake_address: global@intake.test
 milter:
   listen: inet:127.0.0.1:8895
@@ -175,6 +178,7 @@ policies:
     connector: global
 "#,
         spool = spool.display(),
+        socket = socket.display(),
         delivery = delivery_lines.join("\n")
     )
 }

@@ -1,0 +1,394 @@
+//! The control socket: how `tdc-milter tophosts` and `status` reach the running daemon.
+//!
+//! One request per connection: the client writes a command line, the daemon answers
+//! with one JSON document and closes. The socket is mode 0660, so only root and the
+//! daemon's user and group can use it.
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+
+use crate::queue::{Queue, QueueStatus, QUEUE_NAME};
+use crate::stats::{IntakeCounts, LastError, Snapshot};
+
+/// Longest request line we read.
+const MAX_REQUEST: u64 = 1024;
+
+/// The appliance's tophosts columns for the.tdc.queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopHosts {
+    /// Seconds since the Unix epoch when the figures were taken.
+    pub status_time: u64,
+    pub hosts: Vec<HostRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRow {
+    pub host: String,
+    pub active_recipients: u64,
+    pub connections_out: u64,
+    pub delivered_recipients: u64,
+    pub soft_bounced: u64,
+    pub hard_bounced: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub status_time: u64,
+    pub version: String,
+    pub uptime_secs: u64,
+    pub queue: QueueStatusView,
+    pub connections: u64,
+    pub counters: CountersView,
+    pub intakes: Vec<IntakeView>,
+    pub last_error: Option<LastErrorView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStatusView {
+    pub journals: usize,
+    pub bytes: u64,
+    pub in_flight: usize,
+    pub waiting_for_retry: usize,
+    pub oldest_age_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersView {
+    pub delivered: u64,
+    pub soft_bounced: u64,
+    pub hard_bounced: u64,
+    pub expired: u64,
+    pub refused: u64,
+    pub too_large: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntakeView {
+    pub intake: String,
+    pub delivered: u64,
+    pub soft_bounced: u64,
+    pub hard_bounced: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastErrorView {
+    pub at: u64,
+    pub mid: u64,
+    pub error: String,
+}
+
+fn epoch_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What the daemon answers with.
+pub struct Controller {
+    queue: Queue,
+    started: SystemTime,
+}
+
+impl Controller {
+    pub fn new(queue: Queue) -> Controller {
+        Controller {
+            queue,
+            started: SystemTime::now(),
+        }
+    }
+
+    pub fn tophosts(&self) -> TopHosts {
+        let s = self.queue.stats().snapshot();
+        TopHosts {
+            status_time: epoch_secs(),
+            hosts: vec![host_row(&s)],
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let stats = self.queue.stats();
+        let s = stats.snapshot();
+        let q: QueueStatus = self.queue.status();
+        Status {
+            status_time: epoch_secs(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_secs: self.started.elapsed().map_or(0, |d| d.as_secs()),
+            queue: QueueStatusView {
+                journals: q.journals,
+                bytes: q.bytes,
+                in_flight: q.in_flight,
+                waiting_for_retry: q.waiting_for_retry,
+                oldest_age_secs: q.oldest_age_secs,
+            },
+            connections: s.connections,
+            counters: CountersView {
+                delivered: s.delivered,
+                soft_bounced: s.soft_bounced,
+                hard_bounced: s.hard_bounced,
+                expired: s.expired,
+                refused: s.refused,
+                too_large: s.too_large,
+            },
+            intakes: stats
+                .per_intake()
+                .into_iter()
+                .map(|(intake, c): (String, IntakeCounts)| IntakeView {
+                    intake,
+                    delivered: c.delivered,
+                    soft_bounced: c.soft_bounced,
+                    hard_bounced: c.hard_bounced,
+                })
+                .collect(),
+            last_error: stats.last_error().map(|e: LastError| LastErrorView {
+                at: e.at,
+                mid: e.mid,
+                error: e.error,
+            }),
+        }
+    }
+
+    /// The JSON answer to one request line.
+    pub fn answer(&self, request: &str) -> String {
+        let result = match request.trim() {
+            "tophosts" => serde_json::to_string(&self.tophosts()),
+            "status" => serde_json::to_string(&self.status()),
+            other => Ok(serde_json::json!({
+                "error": format!("unknown request {:?}; expected tophosts or status", crate::tdclog::sanitize(other))
+            })
+            .to_string()),
+        };
+        result.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+    }
+}
+
+fn host_row(s: &Snapshot) -> HostRow {
+    HostRow {
+        host: QUEUE_NAME.to_string(),
+        active_recipients: s.active,
+        connections_out: s.connections,
+        delivered_recipients: s.delivered,
+        soft_bounced: s.soft_bounced,
+        hard_bounced: s.hard_bounced,
+    }
+}
+
+/// Binds the control socket: creates its directory, refuses to take over the socket of
+/// a daemon that is still running, and restricts it to mode 0660.
+pub fn bind(path: &Path) -> Result<UnixListener, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "another tdc-milter is answering on {}; is it still running?",
+            path.display()
+        ));
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves requests until the listener is dropped (the task is aborted at shutdown).
+pub async fn serve(listener: UnixListener, controller: Arc<Controller>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let controller = controller.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+            if !matches!(read, Ok(Ok(_))) {
+                return;
+            }
+            let mut answer = controller.answer(&line);
+            answer.push('\n');
+            let _ = write.write_all(answer.as_bytes()).await;
+            let _ = write.shutdown().await;
+        });
+    }
+}
+
+/// Why the CLI could not get an answer.
+#[derive(Debug)]
+pub enum ClientError {
+    NotRunning(String),
+    Denied(String),
+    Io(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::NotRunning(path) => write!(
+                f,
+                "tdc-milter is not running (nothing answers on {path}; check `systemctl status tdc-milter`)"
+            ),
+            ClientError::Denied(path) => write!(
+                f,
+                "permission denied on {path}: run as root or as a member of the daemon's group"
+            ),
+            ClientError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Sends one request to the daemon and returns its JSON answer.
+pub fn request(path: &Path, command: &str) -> Result<String, ClientError> {
+    let shown = path.display().to_string();
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+            ClientError::NotRunning(shown.clone())
+        }
+        io::ErrorKind::PermissionDenied => ClientError::Denied(shown.clone()),
+        _ => ClientError::Io(format!("cannot connect to {shown}: {e}")),
+    })?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    stream
+        .write_all(format!("{command}\n").as_bytes())
+        .map_err(|e| ClientError::Io(format!("cannot send the request: {e}")))?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| ClientError::Io(format!("no answer from the daemon: {e}")))?;
+    if answer.trim().is_empty() {
+        return Err(ClientError::Io(
+            "the daemon closed the connection without an answer".into(),
+        ));
+    }
+    Ok(answer)
+}
+
+fn stamp(epoch: u64) -> String {
+    const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[weekday repr:short] [month repr:short] [day padding:space] [hour]:[minute]:[second] [year] GMT"
+    );
+    OffsetDateTime::from_unix_timestamp(epoch as i64)
+        .ok()
+        .and_then(|t| t.format(FORMAT).ok())
+        .unwrap_or_else(|| epoch.to_string())
+}
+
+/// The appliance's `tophosts` layout.
+pub fn render_tophosts(t: &TopHosts) -> String {
+    let mut out = format!("Status as of:                   {}\n", stamp(t.status_time));
+    out.push_str("Hosts marked 'down':            0\n\n");
+    out.push_str(
+        "       Recipient Host                  Active   Conn.   Deliv.     Soft     Hard\n",
+    );
+    out.push_str(
+        "   #                                   Recip.    Out    Recip.  Bounced  Bounced\n",
+    );
+    for (i, h) in t.hosts.iter().enumerate() {
+        out.push_str(&format!(
+            "{:>4}  {:<32}{:>7}{:>8}{:>9}{:>9}{:>9}\n",
+            i + 1,
+            h.host,
+            h.active_recipients,
+            h.connections_out,
+            h.delivered_recipients,
+            h.soft_bounced,
+            h.hard_bounced
+        ));
+    }
+    out
+}
+
+/// `status` for people.
+pub fn render_status(s: &Status) -> String {
+    let mut out = format!(
+        "tdc-milter {} up {}s, status as of {}\n\n",
+        s.version,
+        s.uptime_secs,
+        stamp(s.status_time)
+    );
+    let oldest = s
+        .queue
+        .oldest_age_secs
+        .map_or("-".to_string(), |a| format!("{a}s"));
+    out.push_str(&format!(
+        "{QUEUE_NAME}: {} journals ({} bytes), {} being delivered, {} waiting for their retry, oldest {oldest}\n",
+        s.queue.journals, s.queue.bytes, s.queue.in_flight, s.queue.waiting_for_retry
+    ));
+    out.push_str(&format!("connections to the intake: {}\n", s.connections));
+    let c = &s.counters;
+    out.push_str(&format!(
+        "since start: {} delivered, {} soft bounced, {} hard bounced ({} expired), {} refused (queue full or spool error), {} too large\n",
+        c.delivered, c.soft_bounced, c.hard_bounced, c.expired, c.refused, c.too_large
+    ));
+    if !s.intakes.is_empty() {
+        out.push_str(
+            "\nintake address                              delivered  soft bounced  hard bounced\n",
+        );
+        for i in &s.intakes {
+            out.push_str(&format!(
+                "{:<42}{:>11}{:>14}{:>14}\n",
+                i.intake, i.delivered, i.soft_bounced, i.hard_bounced
+            ));
+        }
+    }
+    match &s.last_error {
+        Some(e) => out.push_str(&format!(
+            "\nlast error: {} MID {}: {}\n",
+            stamp(e.at),
+            e.mid,
+            e.error
+        )),
+        None => out.push_str("\nlast error: none\n"),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tophosts_has_the_appliance_columns() {
+        let t = TopHosts {
+            status_time: 1_708_118_362,
+            hosts: vec![HostRow {
+                host: QUEUE_NAME.into(),
+                active_recipients: 2,
+                connections_out: 3,
+                delivered_recipients: 1234,
+                soft_bounced: 5,
+                hard_bounced: 6,
+            }],
+        };
+        let text = render_tophosts(&t);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "Status as of:                   Fri Feb 16 21:19:22 2024 GMT"
+        );
+        assert!(
+            lines[3].contains("Active")
+                && lines[3].contains("Conn.")
+                && lines[3].contains("Deliv.")
+        );
+        assert!(lines[4].contains("Recip.") && lines[4].contains("Bounced"));
+        let row: Vec<&str> = lines[5].split_whitespace().collect();
+        assert_eq!(row, vec!["1", "the.tdc.queue", "2", "3", "1234", "5", "6"]);
+    }
+}
