@@ -23,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod journal;
+pub mod metrics;
 pub mod milter;
 pub mod policy;
 pub mod queue;
@@ -111,6 +112,27 @@ pub async fn run_with_stats(
             None
         }
     };
+    let exporting = match settings.metrics.listen {
+        None => None,
+        Some(address) => match metrics::bind(address).await {
+            Ok(listener) => {
+                let bound = listener.local_addr().map_or(address, |a| a);
+                log.line(
+                    Severity::Info,
+                    &format!("TDC: metrics on http://{bound}/metrics"),
+                );
+                let registry = Arc::new(metrics::registry(queue.clone()));
+                Some(tokio::spawn(metrics::serve(listener, registry)))
+            }
+            Err(e) => {
+                log.line(
+                    Severity::Warning,
+                    &format!("TDC: metrics not available: {e}"),
+                );
+                None
+            }
+        },
+    };
     let (stop_delivery, delivery_stopped) = tokio::sync::oneshot::channel::<()>();
     let delivering = tokio::spawn(scheduler.run(async {
         let _ = delivery_stopped.await;
@@ -143,6 +165,9 @@ pub async fn run_with_stats(
     if let Some(task) = controlling {
         task.abort();
         let _ = std::fs::remove_file(&control_socket);
+    }
+    if let Some(task) = exporting {
+        task.abort();
     }
     log.event(Event::Stopping);
     served.map_err(RunError::Milter)

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::Serialize;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Journals in the queue (waiting, retrying or being delivered): "Active Recip.".
     active: AtomicU64,
@@ -33,6 +34,35 @@ pub struct Stats {
     per_intake: Mutex<BTreeMap<String, IntakeCounts>>,
     /// The latest failure, for `status`.
     last_error: Mutex<Option<LastError>>,
+    /// Failed attempts by the retry table's class (tls, permanent, transient, network).
+    failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// Time the milter spends at end of message (policy, journal, spool), seconds.
+    pub end_of_message_seconds: Histogram,
+    /// From enqueue to the intake's 250 for the journal, seconds.
+    accept_to_delivered_seconds: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            active: AtomicU64::default(),
+            active_bytes: AtomicU64::default(),
+            connections: AtomicU64::default(),
+            delivered: AtomicU64::default(),
+            soft_bounced: AtomicU64::default(),
+            hard_bounced: AtomicU64::default(),
+            expired: AtomicU64::default(),
+            refused: AtomicU64::default(),
+            too_large: AtomicU64::default(),
+            per_intake: Mutex::default(),
+            last_error: Mutex::default(),
+            failures: Mutex::default(),
+            // 100 µs .. ~6.5 s: end of message must stay in the low milliseconds.
+            end_of_message_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
+            // 5 ms .. ~160 s: a healthy intake takes tens of ms, the lifetime is 120 s.
+            accept_to_delivered_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
+        }
+    }
 }
 
 /// Outcomes for one intake address.
@@ -133,6 +163,29 @@ impl Stats {
     pub fn expired(&self, intake: &str) {
         self.expired.fetch_add(1, Ordering::Relaxed);
         self.hard_bounced(intake);
+    }
+
+    /// A journal reached the intake `seconds` after it was enqueued.
+    pub fn delivery_latency(&self, seconds: f64) {
+        self.accept_to_delivered_seconds.observe(seconds);
+    }
+
+    pub fn latency_histograms(&self) -> (Histogram, Histogram) {
+        (
+            self.end_of_message_seconds.clone(),
+            self.accept_to_delivered_seconds.clone(),
+        )
+    }
+
+    /// Counts a failed attempt by its class in the retry table.
+    pub fn failure_class(&self, class: &'static str) {
+        if let Ok(mut map) = self.failures.lock() {
+            *map.entry(class).or_default() += 1;
+        }
+    }
+
+    pub fn failures(&self) -> BTreeMap<&'static str, u64> {
+        self.failures.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// Remembers the latest failed attempt.

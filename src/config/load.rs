@@ -21,8 +21,8 @@ use super::values::{
 use super::yaml_path::{node_at, Node};
 use super::{
     Connector, ControlSettings, DeliverySettings, HeaderVerdict, IncomingSettings, JournalSettings,
-    MilterSettings, Policy, QueueSettings, ResolverSpec, Route, Settings, TlsSettings,
-    DEFAULT_POLICY,
+    MetricsSettings, MilterSettings, Policy, QueueSettings, ResolverSpec, Route, Settings,
+    TlsSettings, DEFAULT_POLICY,
 };
 
 const DEFAULT_LISTEN: &str = "inet:127.0.0.1:8895";
@@ -36,6 +36,7 @@ const DEFAULT_MAX_MESSAGES_PER_CONNECTION: usize = 10;
 const DEFAULT_RETRY_DELAY_SECS: u64 = 5;
 const DEFAULT_SPOOL_DIR: &str = "/var/spool/tdc-milter";
 const DEFAULT_CONTROL_SOCKET: &str = "/run/tdc-milter/control.sock";
+const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9466";
 const DEFAULT_QUEUE_MAX_MESSAGES: usize = 100_000;
 const DEFAULT_QUEUE_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// Longest bad value quoted in an error message.
@@ -158,7 +159,14 @@ struct RawSettings {
     delivery: Option<RawDelivery>,
     queue: Option<RawQueue>,
     control: Option<RawControl>,
+    metrics: Option<RawMetrics>,
     policies: Option<Spanned<Vec<RawPolicy>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -496,6 +504,7 @@ impl Loader<'_> {
                 socket: self.relative_to_file(s.value.trim()),
             },
         };
+        let metrics = self.metrics(raw.metrics.unwrap_or_default())?;
         let (policies, connector_at) = self.policies(raw.policies)?;
 
         if enabled && intake_address.is_none() {
@@ -531,8 +540,27 @@ impl Loader<'_> {
             delivery,
             queue,
             control,
+            metrics,
             policies,
         })
+    }
+
+    fn metrics(&self, raw: RawMetrics) -> Result<MetricsSettings, ConfigError> {
+        let listen = match &raw.listen {
+            None => DEFAULT_METRICS_LISTEN.parse().ok(),
+            Some(l) if l.value.trim() == "off" => None,
+            Some(l) => Some(l.value.trim().parse().map_err(|_| {
+                self.bad(
+                    l,
+                    "metrics.listen",
+                    format!(
+                        "expected off or IP:PORT (like 127.0.0.1:9466), found {}",
+                        quoted(&l.value)
+                    ),
+                )
+            })?),
+        };
+        Ok(MetricsSettings { listen })
     }
 
     fn queue(&self, raw: RawQueue) -> Result<QueueSettings, ConfigError> {

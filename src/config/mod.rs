@@ -35,6 +35,7 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub queue: QueueSettings,
     pub control: ControlSettings,
+    pub metrics: MetricsSettings,
     /// Ordered incoming mail policies; the last one is always `DEFAULT`.
     pub policies: Vec<Policy>,
 }
@@ -129,6 +130,13 @@ pub struct DeliverySettings {
 pub struct ControlSettings {
     /// Unix socket; only root and the daemon's group may open it (mode 0660).
     pub socket: PathBuf,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// `None`: off.
+    pub listen: Option<SocketAddr>,
 }
 
 /// the.tdc.queue's spool and its bounds.

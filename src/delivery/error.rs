@@ -109,6 +109,18 @@ pub enum FailureClass {
     Network,
 }
 
+impl FailureClass {
+    /// A stable lower-case name (metric labels, logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureClass::Tls => "tls",
+            FailureClass::Permanent => "permanent",
+            FailureClass::Transient => "transient",
+            FailureClass::Network => "network",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryError {
     pub stage: Stage,

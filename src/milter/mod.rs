@@ -164,6 +164,17 @@ fn macro_value(cx: &EomContext<Connection>, name: &std::ffi::CStr) -> Option<Str
 }
 
 async fn end_of_message(shared: Arc<Shared>, cx: &mut EomContext<Connection>) -> Status {
+    let started = std::time::Instant::now();
+    let status = end_of_message_inner(&shared, cx).await;
+    shared
+        .queue
+        .stats()
+        .end_of_message_seconds
+        .observe(started.elapsed().as_secs_f64());
+    status
+}
+
+async fn end_of_message_inner(shared: &Shared, cx: &mut EomContext<Connection>) -> Status {
     let queue_id = macro_value(cx, c"i").unwrap_or_else(|| "NONE".into());
     let authenticated = macro_value(cx, c"{auth_authen}").is_some();
     let daemon_name = macro_value(cx, c"{daemon_name}");
@@ -179,7 +190,7 @@ async fn end_of_message(shared: Arc<Shared>, cx: &mut EomContext<Connection>) ->
         daemon_name: daemon_name.as_deref(),
         client_ip: conn.client_ip,
     };
-    journal_message(&shared, &context, &msg).await;
+    journal_message(shared, &context, &msg).await;
     // The original always goes on, whatever happened to its journals.
     Status::Accept
 }

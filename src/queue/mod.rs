@@ -397,6 +397,8 @@ impl Shared {
                 self.log.event(Event::Delivered { mid });
                 self.log.event(Event::Finished { mid });
                 self.stats.delivered(&q.entry.intake);
+                let waited = now_ms().saturating_sub(q.entry.enqueued_ms);
+                self.stats.delivery_latency(waited as f64 / 1000.0);
                 self.stats.journal_left(q.entry.size);
                 self.remove_from_spool(&q.entry);
             }
@@ -412,6 +414,7 @@ impl Shared {
             detail: &detail,
         });
         self.stats.failure(mid, &detail);
+        self.stats.failure_class(error.class().name());
         let (attempts, deadline, entry) = {
             let state = self.lock();
             let Some(q) = state.journals.get(&mid) else {

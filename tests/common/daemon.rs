@@ -166,6 +166,8 @@ pub fn settings_with(
   spool_dir: "{spool}"
 control:
   socket: "{socket}"
+metrics:
+  listen: "127.0.0.1:0"
 intake_address: global@intake.test
 milter:
   listen: inet:127.0.0.1:8895

@@ -269,7 +269,7 @@ fn unknown_key_at_top_level() {
         text,
         format!(
             "{FILE}:2:1: unknown key 'colour' in the top level; expected one of enabled, \
-             intake_address, milter, incoming, journal, delivery, queue, control, policies"
+             intake_address, milter, incoming, journal, delivery, queue, control, metrics, policies"
         )
     );
 }
@@ -919,5 +919,35 @@ fn connector_shapes() {
     assert_eq!(
         s.policies[0].connector,
         Connector::Custom("x@intake.example".into())
+    );
+}
+
+#[test]
+fn metrics_listen_is_an_address_or_off_unquoted() {
+    let s = ok(&with_intake(""));
+    assert_eq!(s.metrics.listen, "127.0.0.1:9466".parse().ok());
+    let s = ok(&with_intake("metrics:\n  listen: off\n"));
+    assert_eq!(s.metrics.listen, None);
+    let s = ok(&with_intake("metrics: { listen: \"[::1]:9100\" }\n"));
+    assert_eq!(s.metrics.listen, "[::1]:9100".parse().ok());
+    fails_at(
+        &with_intake("metrics:\n  listen: 9466\n"),
+        3,
+        11,
+        "metrics.listen: expected off or IP:PORT",
+    );
+}
+
+#[test]
+fn control_socket_and_queue_paths_are_taken_from_the_file_directory() {
+    let s = ok(&with_intake("control: { socket: run/ctl.sock }\nqueue: { spool_dir: spool }\n"));
+    assert!(s.control.socket.ends_with("run/ctl.sock"));
+    assert!(s.control.socket.is_absolute());
+    assert!(s.queue.spool_dir.is_absolute() && s.queue.spool_dir.ends_with("spool"));
+    fails_at(
+        &with_intake("delivery:\n  min_connections: 30\n"),
+        3,
+        20,
+        "delivery.min_connections: 30 is more than delivery.max_connections (20)",
     );
 }

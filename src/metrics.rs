@@ -1,0 +1,224 @@
+//! Prometheus metrics over HTTP (`GET /metrics`), by default on loopback only.
+//!
+//! The counters are the ones `tophosts` and `status` show, read at scrape time from
+//! the same [`Stats`], so the three views never disagree.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+
+use crate::queue::Queue;
+
+/// Reads the queue's figures at each scrape.
+#[derive(Debug)]
+struct QueueCollector {
+    queue: QueueHandle,
+}
+
+/// `Queue` is not `Debug`; the collector trait wants it.
+struct QueueHandle(Queue);
+
+impl std::fmt::Debug for QueueHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Queue")
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
+}
+
+impl Collector for QueueCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.queue.0.stats();
+        let s = stats.snapshot();
+        let q = self.queue.0.status();
+        let e = &mut encoder;
+        counter(
+            e,
+            "journals_delivered",
+            "Journals the intake accepted.",
+            s.delivered,
+        )?;
+        counter(
+            e,
+            "journals_soft_bounced",
+            "Failed attempts that got their retry.",
+            s.soft_bounced,
+        )?;
+        counter(
+            e,
+            "journals_hard_bounced",
+            "Journals given up (expiry included).",
+            s.hard_bounced,
+        )?;
+        counter(
+            e,
+            "journals_expired",
+            "Journals removed at the end of their lifetime.",
+            s.expired,
+        )?;
+        counter(
+            e,
+            "journals_refused",
+            "Journals not queued: queue full or spool error.",
+            s.refused,
+        )?;
+        counter(
+            e,
+            "originals_too_large",
+            "Originals over journal.max_size, not journaled.",
+            s.too_large,
+        )?;
+        gauge(
+            e,
+            "queue_journals",
+            "Journals in the.tdc.queue.",
+            None,
+            q.journals as i64,
+        )?;
+        gauge(
+            e,
+            "queue",
+            "Size of the journals in the.tdc.queue.",
+            Some(&Unit::Bytes),
+            q.bytes as i64,
+        )?;
+        gauge(
+            e,
+            "queue_oldest_age",
+            "Age of the oldest journal in the.tdc.queue.",
+            Some(&Unit::Seconds),
+            q.oldest_age_secs.unwrap_or(0) as i64,
+        )?;
+        gauge(
+            e,
+            "connections_out",
+            "Open connections to the intake.",
+            None,
+            s.connections as i64,
+        )?;
+        let failures = stats.failures();
+        let family = ConstCounter::new(0u64);
+        let mut metric = e.encode_descriptor(
+            "delivery_failures",
+            "Failed delivery attempts by class of the retry table.",
+            None,
+            family.metric_type(),
+        )?;
+        for class in ["tls", "permanent", "transient", "network"] {
+            let labels = [("class", class)];
+            ConstCounter::new(failures.get(class).copied().unwrap_or(0))
+                .encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The registry for one daemon.
+pub fn registry(queue: Queue) -> Registry {
+    let mut registry = Registry::with_prefix("tdc_milter");
+    let (eom, delivered) = queue.stats().latency_histograms();
+    registry.register_with_unit(
+        "end_of_message",
+        "Time the milter takes at end of message (policy, journal, spool write).",
+        Unit::Seconds,
+        eom,
+    );
+    registry.register_with_unit(
+        "accept_to_delivered",
+        "Time from enqueue until the intake accepted the journal.",
+        Unit::Seconds,
+        delivered,
+    );
+    registry.register_collector(Box::new(QueueCollector {
+        queue: QueueHandle(queue),
+    }));
+    registry
+}
+
+/// The exposition text.
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        text.clear();
+    }
+    text
+}
+
+/// Serves `GET /metrics` until the task is aborted.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let registry = registry.clone();
+                async move { Ok::<_, Infallible>(respond(&request, &registry)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(request: &Request<hyper::body::Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = if request.uri().path() == "/metrics" {
+        (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(registry),
+        )
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "only /metrics is served here\n".to_string(),
+        )
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// Binds the metrics listener.
+pub async fn bind(address: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address}: {e}"))
+}

@@ -1,0 +1,121 @@
+//! The Prometheus endpoint, scraped over HTTP and read with an independent parser of
+//! the exposition format.
+
+mod common;
+
+use common::daemon::{settings_with, Daemon};
+use common::fake_intake::{reply, IntakeScript, Stage};
+use prometheus_parse::{Scrape, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(address: &str, path: &str) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
+    (head.to_string(), body.to_string())
+}
+
+fn value(scrape: &Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("no sample {name} {label:?}"));
+    match &sample.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+        Value::Summary(_) => panic!("{name} is a summary"),
+    }
+}
+
+#[tokio::test]
+async fn metrics_match_the_counters_and_parse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = IntakeScript::default().on_message(1, Stage::Rcpt, reply(550, "5.1.1 unknown"));
+    let (intake, ca) = common::start_intake(script, dir.path()).await;
+    let daemon = Daemon::start(&settings_with(intake.addr(), &ca, "", ""), dir.path()).await;
+    daemon.journal("QOK", "<bob@example.com>").await;
+    daemon.wait_for_log("Message finished MID 1 done", 1).await;
+    daemon.journal("QBAD", "<bob@example.com>").await;
+    daemon.wait_for_log("Message finished MID 2 done", 1).await;
+
+    let line = daemon
+        .lines_with("TDC: metrics on http://")
+        .pop()
+        .expect("metrics line");
+    let address = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.strip_suffix("/metrics"))
+        .expect("address")
+        .to_string();
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
+
+    let (head, body) = get(&address, "/metrics").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain"),
+        "{head}"
+    );
+    let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("exposition parses");
+    assert_eq!(
+        value(&scrape, "tdc_milter_journals_delivered_total", None),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        value(&scrape, "tdc_milter_journals_hard_bounced_total", None),
+        1.0
+    );
+    assert_eq!(
+        value(&scrape, "tdc_milter_journals_soft_bounced_total", None),
+        0.0
+    );
+    assert_eq!(value(&scrape, "tdc_milter_queue_journals", None), 0.0);
+    assert_eq!(value(&scrape, "tdc_milter_queue_bytes", None), 0.0);
+    assert_eq!(value(&scrape, "tdc_milter_connections_out", None), 0.0);
+    assert_eq!(
+        value(
+            &scrape,
+            "tdc_milter_delivery_failures_total",
+            Some(("class", "permanent"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "tdc_milter_delivery_failures_total",
+            Some(("class", "tls"))
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(&scrape, "tdc_milter_end_of_message_seconds", None),
+        2.0,
+        "two originals"
+    );
+    assert_eq!(
+        value(&scrape, "tdc_milter_accept_to_delivered_seconds", None),
+        1.0
+    );
+
+    let (head, _) = get(&address, "/other").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    daemon.stop().await;
+    intake.shutdown().await;
+}
