@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod milter;
 pub mod policy;
 pub mod queue;
+pub mod reload;
 pub mod stats;
 pub mod tdclog;
 
@@ -37,6 +38,7 @@ use std::time::Duration;
 use config::Settings;
 use stats::Stats;
 use tdclog::{Event, Log, Severity};
+use tokio::sync::mpsc;
 
 /// How long in-flight deliveries may run on after the milter has stopped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -71,22 +73,27 @@ pub async fn run(
     log: Log,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    run_with_stats(
+    // Nobody can ask for a reload through a sender that is dropped at once.
+    let (_, no_reload) = mpsc::channel(1);
+    run_with(
         listener,
         settings,
         log,
         Arc::new(Stats::default()),
+        no_reload,
         shutdown,
     )
     .await
 }
 
-/// [`run`], counting into the given [`Stats`] (tests and the control socket read them).
-pub async fn run_with_stats(
+/// [`run`], counting into the given [`Stats`] (the control socket and tests read
+/// them) and re-reading the settings file whenever `reload` receives (SIGHUP).
+pub async fn run_with(
     listener: impl indymilter::Listener,
     settings: Settings,
     log: Log,
     stats: Arc<Stats>,
+    reload: mpsc::Receiver<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let deliverer = delivery::Deliverer::new(&settings, log.clone()).map_err(RunError::Delivery)?;
@@ -143,13 +150,14 @@ pub async fn run_with_stats(
         version: env!("CARGO_PKG_VERSION"),
         listen: &listen,
     });
-    let shared = Arc::new(milter::Shared {
-        settings: Arc::new(settings),
-        queue,
-        log: log.clone(),
-    });
+    let shared = Arc::new(milter::Shared::new(Arc::new(settings), queue, log.clone()));
+    let reloading = tokio::spawn(reload::serve(reload, shared.clone(), log.clone()));
+    // Ready for systemd (Type=notify); a no-op without NOTIFY_SOCKET.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let config = indymilter::Config::default();
     let served = indymilter::run(listener, milter::callbacks(shared), config, shutdown).await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    reloading.abort();
 
     // No new journals can come now: let the connections finish what they are sending.
     let _ = stop_delivery.send(());

@@ -151,9 +151,17 @@ fn run(path: &Path, log: Log) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        // Signals first, so an early SIGTERM is not lost.
+        // Signals first, so an early SIGTERM or SIGHUP is not lost.
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+        let (reload, reloads) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                // A reload already waiting covers this one too.
+                let _ = reload.try_send(());
+            }
+        });
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}
@@ -162,7 +170,8 @@ fn run(path: &Path, log: Log) -> Result<(), String> {
         };
         let listen = settings.milter.listen.clone();
         let listener = bind(&listen).await?;
-        let result = tdc_milter::run(listener, settings, log, shutdown).await;
+        let stats = std::sync::Arc::new(tdc_milter::stats::Stats::default());
+        let result = tdc_milter::run_with(listener, settings, log, stats, reloads, shutdown).await;
         if let SocketSpec::Unix(path) = &listen {
             remove_stale_socket(path);
         }

@@ -91,8 +91,8 @@ pub enum Event<'a> {
         interface: Option<IpAddr>,
         reason: &'a str,
     },
+    /// A DNS lookup failed; `detail` is `NAME TYPE - REASON` (e.g. `x.test MX - NXDomain`).
     DnsError {
-        domain: &'a str,
         detail: &'a str,
     },
     TlsFailed {
@@ -108,9 +108,9 @@ pub enum Event<'a> {
         mid: u64,
         lifetime_secs: u64,
     },
-    /// The intake domain cannot receive mail (NXDOMAIN, null MX, no address).
+    /// The intake domain cannot receive mail (NXDOMAIN, null MX, no address); `detail`
+    /// is the DNS failure as `NAME TYPE - REASON`.
     BadDestinationHost {
-        domain: &'a str,
         detail: &'a str,
     },
     /// Journals found in the spool at start.
@@ -121,6 +121,16 @@ pub enum Event<'a> {
     DamagedSpoolFile {
         path: &'a str,
         reason: &'a str,
+    },
+    /// SIGHUP applied the settings file; `restart_needed` lists sections that changed
+    /// but only apply at the next start (empty: none).
+    Reloaded {
+        path: &'a str,
+        restart_needed: &'a str,
+    },
+    /// SIGHUP found a bad settings file; the previous settings stay in force.
+    ReloadRefused {
+        error: &'a str,
     },
     /// Why an attempt failed, in our words, before the appliance's outcome line.
     FailureDetail {
@@ -140,9 +150,10 @@ pub enum Event<'a> {
 impl Event<'_> {
     pub fn severity(&self) -> Severity {
         match self {
-            Event::TlsVerifyOff | Event::NotJournaled { .. } | Event::DamagedSpoolFile { .. } => {
-                Severity::Warning
-            }
+            Event::TlsVerifyOff
+            | Event::NotJournaled { .. }
+            | Event::DamagedSpoolFile { .. }
+            | Event::ReloadRefused { .. } => Severity::Warning,
             _ => Severity::Info,
         }
     }
@@ -221,9 +232,7 @@ impl fmt::Display for Event<'_> {
                     sanitize(reason)
                 )
             }
-            Event::DnsError { domain, detail } => {
-                write!(f, "DNS Error {} {}", sanitize(domain), sanitize(detail))
-            }
+            Event::DnsError { detail } => write!(f, "DNS Error {}", sanitize(detail)),
             Event::TlsFailed { mid } => {
                 write!(f, "TDC: MID {mid} delivery failed to {SETD}: TLS Error.")
             }
@@ -235,11 +244,9 @@ impl fmt::Display for Event<'_> {
                 f,
                 "TDC: MID {mid} removed from the.tdc.queue: not delivered within its lifetime of {lifetime_secs} s"
             ),
-            Event::BadDestinationHost { domain, detail } => write!(
-                f,
-                "TDC: Hard bounced - {}",
-                bad_destination_host(domain, detail)
-            ),
+            Event::BadDestinationHost { detail } => {
+                write!(f, "TDC: Hard bounced - {}", bad_destination_host(detail))
+            }
             Event::Recovered { count } => {
                 write!(f, "TDC: {count} journals recovered from the spool")
             }
@@ -248,6 +255,24 @@ impl fmt::Display for Event<'_> {
                 "TDC: damaged spool file {} moved aside: {}",
                 sanitize(path),
                 sanitize(reason)
+            ),
+            Event::Reloaded {
+                path,
+                restart_needed,
+            } => {
+                write!(f, "TDC: settings reloaded from {}", sanitize(path))?;
+                if !restart_needed.is_empty() {
+                    write!(
+                        f,
+                        "; changes to {restart_needed} take effect only after a restart"
+                    )?;
+                }
+                Ok(())
+            }
+            Event::ReloadRefused { error } => write!(
+                f,
+                "TDC: settings not reloaded, the previous settings stay in force: {}",
+                sanitize(error)
             ),
             Event::FailureDetail { mid, detail } => {
                 write!(f, "TDC: MID {mid} delivery attempt failed: {}", sanitize(detail))
@@ -269,11 +294,15 @@ impl fmt::Display for Event<'_> {
 }
 
 /// The appliance's response text for an intake domain that cannot receive mail; it
-/// appears in the `Hard bounced` and the `Bounced` lines.
-pub fn bad_destination_host(domain: &str, reason: &str) -> String {
+/// appears in the `Hard bounced` and the `Bounced` lines. `detail` is the DNS failure
+/// as `NAME TYPE - REASON`.
+pub fn bad_destination_host(detail: &str) -> String {
+    let (lookup, reason) = detail.rsplit_once(" - ").unwrap_or((detail, ""));
+    let (name, qtype) = lookup.rsplit_once(' ').unwrap_or((lookup, "MX"));
     format!(
-        "5.1.2 - Bad destination host ('000', ['DNS Hard Error looking up {} (MX) : {}'])",
-        sanitize(domain),
+        "5.1.2 - Bad destination host ('000', ['DNS Hard Error looking up {} ({}) : {}'])",
+        sanitize(name),
+        sanitize(qtype),
         sanitize(reason)
     )
 }
@@ -532,16 +561,14 @@ mod tests {
         );
         assert_eq!(
             Event::BadDestinationHost {
-                domain: "outbound.cisco.om",
-                detail: "NXDomain"
+                detail: "outbound.cisco.om MX - NXDomain"
             }
             .to_string(),
             "TDC: Hard bounced - 5.1.2 - Bad destination host ('000', ['DNS Hard Error looking up outbound.cisco.om (MX) : NXDomain'])"
         );
         assert_eq!(
             Event::DnsError {
-                domain: "esa.example.com",
-                detail: "MX - NXDomain"
+                detail: "esa.example.com MX - NXDomain"
             }
             .to_string(),
             "DNS Error esa.example.com MX - NXDomain"

@@ -75,7 +75,7 @@ impl Deliverer {
             Ok(t) => t,
             Err(e) => {
                 if let Kind::DnsPermanent(detail) | Kind::DnsTemporary(detail) = &e.kind {
-                    self.log.event(Event::DnsError { domain, detail });
+                    self.log.event(Event::DnsError { detail });
                 }
                 return Err(e);
             }
@@ -111,7 +111,7 @@ impl Deliverer {
         Err(last_error.unwrap_or_else(|| {
             DeliveryError::new(
                 Stage::Dns,
-                Kind::DnsPermanent(format!("no host for {domain}")),
+                Kind::DnsPermanent(format!("{domain} MX - NoHost")),
             )
         }))
     }

@@ -1,13 +1,18 @@
 //! One message as the milter sees it: envelope, the original rebuilt byte for byte
 //! from the header and body callbacks, and what the checks need.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::config::JournalSettings;
+use crate::config::{JournalSettings, Settings};
 
 /// The state of one SMTP transaction (MAIL … end of message).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Message {
+    /// The settings in force when the transaction began: a reload changes new
+    /// messages only.
+    pub settings: Arc<Settings>,
     /// Envelope sender as the MTA passed it (with or without angle brackets).
     pub sender: String,
     pub recipients: Vec<String>,
@@ -23,11 +28,22 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn new(sender: String) -> Message {
+    pub fn new(sender: String, settings: Arc<Settings>) -> Message {
         Message {
+            settings,
             sender,
-            ..Message::default()
+            recipients: Vec::new(),
+            original: BytesMut::new(),
+            size: 0,
+            over_limit: false,
+            subject: None,
+            message_id: None,
+            not_clean: false,
         }
+    }
+
+    fn journal_settings(&self) -> &JournalSettings {
+        &self.settings.journal
     }
 
     pub fn size(&self) -> u64 {
@@ -48,13 +64,9 @@ impl Message {
     /// LEADING_SPACE it is exact, otherwise the MTA dropped one space that we put back.
     /// A copy of the client-IP header already present is the sender's forgery and is
     /// left out of the journal's copy (the delivered original is untouched).
-    pub fn add_header(
-        &mut self,
-        name: &[u8],
-        value: &[u8],
-        exact_value: bool,
-        settings: &JournalSettings,
-    ) {
+    pub fn add_header(&mut self, name: &[u8], value: &[u8], exact_value: bool) {
+        let settings = self.settings.clone();
+        let settings = &settings.journal;
         let name_str = String::from_utf8_lossy(name);
         let value = ensure_crlf(value);
         if name_str.eq_ignore_ascii_case("subject") && self.subject.is_none() {
@@ -94,12 +106,14 @@ impl Message {
         );
     }
 
-    pub fn end_of_headers(&mut self, settings: &JournalSettings) {
-        self.append(2, settings.max_size, |buf| buf.put_slice(b"\r\n"));
+    pub fn end_of_headers(&mut self) {
+        let max = self.journal_settings().max_size;
+        self.append(2, max, |buf| buf.put_slice(b"\r\n"));
     }
 
-    pub fn add_body(&mut self, chunk: &[u8], settings: &JournalSettings) {
-        self.append(chunk.len(), settings.max_size, |buf| buf.put_slice(chunk));
+    pub fn add_body(&mut self, chunk: &[u8]) {
+        let max = self.journal_settings().max_size;
+        self.append(chunk.len(), max, |buf| buf.put_slice(chunk));
     }
 
     /// Appends unless the original has grown past the journal size limit; past it, only
@@ -148,30 +162,22 @@ fn ensure_crlf(value: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::HeaderVerdict;
 
-    fn settings(max_size: u64) -> JournalSettings {
-        JournalSettings {
-            sender: "tdc@gw.test".into(),
-            client_ip_header: "X-IronPort-RemoteIP".into(),
-            max_size,
-            not_clean: vec![HeaderVerdict {
-                header: "X-Spam-Flag".into(),
-                value: "YES".into(),
-            }],
-        }
+    fn settings(max_size: u64) -> Arc<Settings> {
+        let yaml = format!("intake_address: i@intake.test\njournal:\n  sender: tdc@gw.test\n  max_size: {max_size}B\n");
+        Arc::new(Settings::from_yaml(&yaml, std::path::Path::new("t.yaml")).expect("settings"))
     }
 
     #[test]
     fn rebuilds_headers_exactly_and_drops_forged_client_ip() {
         let s = settings(1 << 20);
-        let mut m = Message::new("<a@b>".into());
-        m.add_header(b"Subject", b" folded\n\tline", true, &s);
-        m.add_header(b"x-ironport-remoteip", b" 6.6.6.6", true, &s);
-        m.add_header(b"Message-ID", b" <id@x> ", true, &s);
-        m.add_header(b"X-Bare", b"no-space", true, &s);
-        m.end_of_headers(&s);
-        m.add_body(b"body\r\n", &s);
+        let mut m = Message::new("<a@b>".into(), s.clone());
+        m.add_header(b"Subject", b" folded\n\tline", true);
+        m.add_header(b"x-ironport-remoteip", b" 6.6.6.6", true);
+        m.add_header(b"Message-ID", b" <id@x> ", true);
+        m.add_header(b"X-Bare", b"no-space", true);
+        m.end_of_headers();
+        m.add_body(b"body\r\n");
         assert_eq!(
             m.original(),
             b"Subject: folded\r\n\tline\r\nMessage-ID: <id@x> \r\nX-Bare:no-space\r\n\r\nbody\r\n"
@@ -187,8 +193,8 @@ mod tests {
     #[test]
     fn restores_the_space_when_leading_space_was_not_negotiated() {
         let s = settings(1 << 20);
-        let mut m = Message::new("<a@b>".into());
-        m.add_header(b"Subject", b"hi", false, &s);
+        let mut m = Message::new("<a@b>".into(), s.clone());
+        m.add_header(b"Subject", b"hi", false);
         assert_eq!(m.original(), b"Subject: hi\r\n");
         assert_eq!(m.subject.as_deref(), Some(b" hi".as_slice()));
     }
@@ -196,25 +202,25 @@ mod tests {
     #[test]
     fn not_clean_verdict_is_case_insensitive() {
         let s = settings(1 << 20);
-        let mut m = Message::new("<a@b>".into());
-        m.add_header(b"x-spam-flag", b" yes ", true, &s);
+        let mut m = Message::new("<a@b>".into(), s.clone());
+        m.add_header(b"x-spam-flag", b" yes ", true);
         assert!(m.not_clean);
-        let mut m = Message::new("<a@b>".into());
-        m.add_header(b"X-Spam-Flag", b" NO", true, &s);
+        let mut m = Message::new("<a@b>".into(), s.clone());
+        m.add_header(b"X-Spam-Flag", b" NO", true);
         assert!(!m.not_clean);
     }
 
     #[test]
     fn stops_storing_past_the_size_limit_but_keeps_counting() {
         let s = settings(20);
-        let mut m = Message::new("<a@b>".into());
-        m.add_header(b"Subject", b" hi", true, &s);
-        m.end_of_headers(&s);
+        let mut m = Message::new("<a@b>".into(), s.clone());
+        m.add_header(b"Subject", b" hi", true);
+        m.end_of_headers();
         assert!(!m.over_limit());
-        m.add_body(b"0123456789\r\n", &s);
+        m.add_body(b"0123456789\r\n");
         assert!(m.over_limit());
         assert!(m.original().is_empty());
-        m.add_body(b"more\r\n", &s);
+        m.add_body(b"more\r\n");
         assert_eq!(m.size(), 13 + 2 + 12 + 6);
     }
 }

@@ -8,7 +8,7 @@
 mod message;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use indymilter::{
     Actions, Callbacks, Context, EomContext, MacroStage, NegotiateContext, ProtoOpts, SocketInfo,
@@ -25,9 +25,35 @@ use message::Message;
 
 /// What all milter connections share.
 pub struct Shared {
-    pub settings: Arc<Settings>,
+    /// Replaced as a whole on reload; each message keeps the snapshot it began with.
+    settings: RwLock<Arc<Settings>>,
     pub queue: Queue,
     pub log: Log,
+}
+
+impl Shared {
+    pub fn new(settings: Arc<Settings>, queue: Queue, log: Log) -> Shared {
+        Shared {
+            settings: RwLock::new(settings),
+            queue,
+            log,
+        }
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        match self.settings.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// New messages use `settings` from now on.
+    pub fn replace_settings(&self, settings: Arc<Settings>) {
+        match self.settings.write() {
+            Ok(mut s) => *s = settings,
+            Err(poisoned) => *poisoned.into_inner() = settings,
+        }
+    }
 }
 
 /// Per MTA connection.
@@ -40,43 +66,32 @@ pub struct Connection {
 }
 
 pub fn callbacks(shared: Arc<Shared>) -> Callbacks<Connection> {
-    let header_shared = shared.clone();
-    let eoh_shared = shared.clone();
-    let body_shared = shared.clone();
+    let mail_shared = shared.clone();
     Callbacks::new()
         .on_negotiate(|cx, _actions, opts| Box::pin(negotiate(cx, opts)))
         .on_connect(|cx, _host, socket| Box::pin(connect(cx, socket)))
-        .on_mail(|cx, args| Box::pin(mail(cx, args)))
+        .on_mail(move |cx, args| Box::pin(mail(mail_shared.settings(), cx, args)))
         .on_rcpt(|cx, args| Box::pin(rcpt(cx, args)))
-        .on_header(move |cx, name, value| {
-            let shared = header_shared.clone();
+        .on_header(|cx, name, value| {
             Box::pin(async move {
-                let (exact, Some(msg)) = message_of(cx) else {
-                    return Status::Continue;
-                };
-                msg.add_header(
-                    name.as_bytes(),
-                    value.as_bytes(),
-                    exact,
-                    &shared.settings.journal,
-                );
-                Status::Continue
-            })
-        })
-        .on_eoh(move |cx| {
-            let shared = eoh_shared.clone();
-            Box::pin(async move {
-                if let (_, Some(msg)) = message_of(cx) {
-                    msg.end_of_headers(&shared.settings.journal);
+                if let (exact, Some(msg)) = message_of(cx) {
+                    msg.add_header(name.as_bytes(), value.as_bytes(), exact);
                 }
                 Status::Continue
             })
         })
-        .on_body(move |cx, chunk| {
-            let shared = body_shared.clone();
+        .on_eoh(|cx| {
             Box::pin(async move {
                 if let (_, Some(msg)) = message_of(cx) {
-                    msg.add_body(&chunk, &shared.settings.journal);
+                    msg.end_of_headers();
+                }
+                Status::Continue
+            })
+        })
+        .on_body(|cx, chunk| {
+            Box::pin(async move {
+                if let (_, Some(msg)) = message_of(cx) {
+                    msg.add_body(&chunk);
                 }
                 Status::Continue
             })
@@ -135,13 +150,17 @@ async fn connect(cx: &mut Context<Connection>, socket: SocketInfo) -> Status {
     Status::Continue
 }
 
-async fn mail(cx: &mut Context<Connection>, args: Vec<std::ffi::CString>) -> Status {
+async fn mail(
+    settings: Arc<Settings>,
+    cx: &mut Context<Connection>,
+    args: Vec<std::ffi::CString>,
+) -> Status {
     let sender = args
         .first()
         .map(|a| a.to_string_lossy().into_owned())
         .unwrap_or_default();
     let conn = cx.data.get_or_insert_with(Connection::default);
-    conn.message = Some(Message::new(sender));
+    conn.message = Some(Message::new(sender, settings));
     Status::Continue
 }
 
@@ -205,7 +224,7 @@ struct MessageContext<'a> {
 
 /// Incoming? Clean? Which intakes? Then build and enqueue one journal per intake.
 async fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message) {
-    let settings = &shared.settings;
+    let settings = &msg.settings;
     if !settings.enabled || cx.authenticated || msg.not_clean {
         return;
     }

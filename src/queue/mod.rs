@@ -451,30 +451,22 @@ impl Shared {
                 let Some(q) = self.forget(mid) else { return };
                 // The appliance's sequence for an intake domain that cannot receive mail.
                 let bad_host = match &error.kind {
-                    // "intake.test MX - NXDomain" → "NXDomain", as the appliance words it.
-                    Kind::DnsPermanent(detail) => Some(
-                        detail
-                            .rsplit_once(" - ")
-                            .map_or(detail.as_str(), |(_, r)| r),
-                    ),
+                    Kind::DnsPermanent(detail) => Some(detail.as_str()),
                     _ => None,
                 };
-                if let Some(reason) = bad_host {
-                    self.log.event(Event::BadDestinationHost {
-                        domain: &q.domain,
-                        detail: reason,
-                    });
+                if let Some(detail) = bad_host {
+                    self.log.event(Event::BadDestinationHost { detail });
                 }
                 if error.class() == FailureClass::Tls {
                     self.log.event(Event::TlsFailed { mid });
                 } else {
                     self.log.event(Event::HardBounced { mid });
                 }
-                if let Some(reason) = bad_host {
+                if let Some(detail) = bad_host {
                     self.log.event(Event::Bounced {
                         dcid: 0,
                         mid,
-                        response: &tdclog::bad_destination_host(&q.domain, reason),
+                        response: &tdclog::bad_destination_host(detail),
                     });
                 }
                 self.log.event(Event::Finished { mid });

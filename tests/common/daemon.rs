@@ -18,6 +18,8 @@ pub struct Daemon {
     pub log: Log,
     pub stats: Arc<Stats>,
     stop: Option<oneshot::Sender<()>>,
+    reload: tokio::sync::mpsc::Sender<()>,
+    path: std::path::PathBuf,
     task: JoinHandle<Result<(), tdc_milter::RunError>>,
 }
 
@@ -25,7 +27,8 @@ impl Daemon {
     /// Starts the daemon with settings written as YAML (as if read from `dir/tdc-milter.yaml`).
     pub async fn start(yaml: &str, dir: &Path) -> Daemon {
         let path = dir.join("tdc-milter.yaml");
-        let settings = match Settings::from_yaml(yaml, &path) {
+        std::fs::write(&path, yaml).expect("write settings file");
+        let settings = match Settings::load(&path) {
             Ok(s) => s,
             Err(e) => panic!("test settings are invalid: {e}\n{yaml}"),
         };
@@ -34,11 +37,13 @@ impl Daemon {
         let log = Log::memory();
         let stats = Arc::new(Stats::default());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(tdc_milter::run_with_stats(
+        let (reload, reloads) = tokio::sync::mpsc::channel(4);
+        let task = tokio::spawn(tdc_milter::run_with(
             listener,
             settings,
             log.clone(),
             stats.clone(),
+            reloads,
             async {
                 let _ = stopped.await;
             },
@@ -48,6 +53,8 @@ impl Daemon {
             log,
             stats,
             stop: Some(stop),
+            reload,
+            path,
             task,
         };
         // Ready once the spool is open and the milter is about to serve.
@@ -58,6 +65,12 @@ impl Daemon {
             )
             .await;
         daemon
+    }
+
+    /// Writes a new settings file and sends what SIGHUP sends.
+    pub async fn reload_with(&self, yaml: &str) {
+        std::fs::write(&self.path, yaml).expect("write settings file");
+        self.reload.send(()).await.expect("reload request");
     }
 
     pub async fn connect(&self) -> TestConnection {

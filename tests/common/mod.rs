@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod fake_dns;
 pub mod fake_intake;
 pub mod pki;
 

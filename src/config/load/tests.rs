@@ -940,7 +940,9 @@ fn metrics_listen_is_an_address_or_off_unquoted() {
 
 #[test]
 fn control_socket_and_queue_paths_are_taken_from_the_file_directory() {
-    let s = ok(&with_intake("control: { socket: run/ctl.sock }\nqueue: { spool_dir: spool }\n"));
+    let s = ok(&with_intake(
+        "control: { socket: run/ctl.sock }\nqueue: { spool_dir: spool }\n",
+    ));
     assert!(s.control.socket.ends_with("run/ctl.sock"));
     assert!(s.control.socket.is_absolute());
     assert!(s.queue.spool_dir.is_absolute() && s.queue.spool_dir.ends_with("spool"));
