@@ -66,6 +66,14 @@ journal:
 delivery:
   route: ["127.0.0.1:{intake_port}"]
   tls: {{ verify: true, ca_file: {ca_file} }}
+# Everything of this daemon stays in BASE (relative paths are taken from here), so
+# stacks never share a spool, a control socket or a metrics port.
+queue:
+  spool_dir: tdc-spool
+control:
+  socket: tdc-control.sock
+metrics:
+  listen: off
 policies:
   - name: research
     recipients: ["{custom_domain}"]
