@@ -17,6 +17,7 @@ use tokio::net::UnixListener;
 
 use crate::queue::{Queue, QueueStatus, QUEUE_NAME};
 use crate::stats::{IntakeCounts, LastError, Snapshot};
+use crate::tracking::{Journal, Tracker};
 
 /// Longest request line we read.
 const MAX_REQUEST: u64 = 1024;
@@ -91,17 +92,33 @@ fn epoch_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The answer to `track`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tracked {
+    pub key: String,
+    pub journals: Vec<Journal>,
+}
+
 /// What the daemon answers with.
 pub struct Controller {
     queue: Queue,
+    tracker: Arc<Tracker>,
     started: SystemTime,
 }
 
 impl Controller {
-    pub fn new(queue: Queue) -> Controller {
+    pub fn new(queue: Queue, tracker: Arc<Tracker>) -> Controller {
         Controller {
             queue,
+            tracker,
             started: SystemTime::now(),
+        }
+    }
+
+    pub fn track(&self, key: &str) -> Tracked {
+        Tracked {
+            key: key.to_string(),
+            journals: self.tracker.find(key),
         }
     }
 
@@ -160,8 +177,11 @@ impl Controller {
         let result = match request.trim() {
             "tophosts" => serde_json::to_string(&self.tophosts()),
             "status" => serde_json::to_string(&self.status()),
+            line if line.starts_with("track ") => {
+                serde_json::to_string(&self.track(line["track ".len()..].trim()))
+            }
             other => Ok(serde_json::json!({
-                "error": format!("unknown request {:?}; expected tophosts or status", crate::tdclog::sanitize(other))
+                "error": format!("unknown request {:?}; expected tophosts, status or track KEY", crate::tdclog::sanitize(other))
             })
             .to_string()),
         };
@@ -310,6 +330,28 @@ pub fn render_tophosts(t: &TopHosts) -> String {
             h.soft_bounced,
             h.hard_bounced
         ));
+    }
+    out
+}
+
+/// `track` for people.
+pub fn render_tracked(t: &Tracked) -> String {
+    if t.journals.is_empty() {
+        return format!(
+            "no journal found for {:?} (journals kept: the most recent ones, see tracking.max_journals)\n",
+            t.key
+        );
+    }
+    let mut out = String::new();
+    for j in &t.journals {
+        out.push_str(&format!(
+            "MID {} (queue ID {}, Message-ID '{}') to {}\n",
+            j.mid, j.queue_id, j.message_id, j.intake
+        ));
+        for line in &j.lines {
+            out.push_str(&format!("  {}  {}\n", stamp(line.at), line.text));
+        }
+        out.push('\n');
     }
     out
 }

@@ -30,6 +30,7 @@ pub mod queue;
 pub mod reload;
 pub mod stats;
 pub mod tdclog;
+pub mod tracking;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -96,6 +97,8 @@ pub async fn run_with(
     reload: mpsc::Receiver<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let tracker = Arc::new(tracking::Tracker::new(settings.tracking.max_journals));
+    let log = log.with_tap(tracker.clone());
     let deliverer = delivery::Deliverer::new(&settings, log.clone()).map_err(RunError::Delivery)?;
     if !settings.delivery.tls.verify {
         log.event(Event::TlsVerifyOff);
@@ -107,7 +110,7 @@ pub async fn run_with(
     let controlling = match control::bind(&settings.control.socket) {
         Ok(listener) => Some(tokio::spawn(control::serve(
             listener,
-            Arc::new(control::Controller::new(queue.clone())),
+            Arc::new(control::Controller::new(queue.clone(), tracker.clone())),
         ))),
         Err(e) => {
             log.line(

@@ -48,6 +48,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The tracking lines of a journal: queued, each attempt, outcome
+    Track {
+        /// A MID, an MTA queue ID or the original's Message-ID
+        key: String,
+        /// Print the JSON document instead
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,6 +70,14 @@ fn main() -> ExitCode {
         Command::CheckConfig => check_config(&cli.config),
         Command::Tophosts { json } => ask(&cli.config, "tophosts", json),
         Command::Status { json } => ask(&cli.config, "status", json),
+        Command::Track { key, json } => {
+            // One request is one line: a key with a line break cannot be asked for.
+            if key.contains(['\r', '\n']) {
+                eprintln!("tdc-milter: the key must be on one line");
+                return ExitCode::FAILURE;
+            }
+            ask(&cli.config, &format!("track {key}"), json)
+        }
         Command::Run { log } => {
             let log = match log {
                 LogTarget::Syslog => Log::syslog(),
@@ -107,21 +123,18 @@ fn ask(path: &Path, request: &str, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
+        answer: &str,
+        json: bool,
+        render: fn(&T) -> String,
+    ) -> Result<String, serde_json::Error> {
+        let value: T = serde_json::from_str(answer)?;
+        Ok(if json { pretty(&value) } else { render(&value) })
+    }
     let rendered = match request {
-        "tophosts" => serde_json::from_str::<control::TopHosts>(&answer).map(|t| {
-            if json {
-                pretty(&t)
-            } else {
-                control::render_tophosts(&t)
-            }
-        }),
-        _ => serde_json::from_str::<control::Status>(&answer).map(|s| {
-            if json {
-                pretty(&s)
-            } else {
-                control::render_status(&s)
-            }
-        }),
+        "tophosts" => show(&answer, json, control::render_tophosts),
+        "status" => show(&answer, json, control::render_status),
+        _ => show(&answer, json, control::render_tracked),
     };
     match rendered {
         Ok(text) => {

@@ -29,6 +29,9 @@ pub fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
     if old.metrics != new.metrics {
         keys.push("metrics");
     }
+    if old.tracking != new.tracking {
+        keys.push("tracking");
+    }
     keys
 }
 

@@ -117,6 +117,13 @@ pub enum Event<'a> {
     Recovered {
         count: usize,
     },
+    /// One journal taken back from the spool at start.
+    RecoveredJournal {
+        mid: u64,
+        message_id: &'a str,
+        intake: &'a str,
+        queue_id: &'a str,
+    },
     /// A spool file that could not be read back was moved aside.
     DamagedSpoolFile {
         path: &'a str,
@@ -250,6 +257,18 @@ impl fmt::Display for Event<'_> {
             Event::Recovered { count } => {
                 write!(f, "TDC: {count} journals recovered from the spool")
             }
+            Event::RecoveredJournal {
+                mid,
+                message_id,
+                intake,
+                queue_id,
+            } => write!(
+                f,
+                "TDC: MID {mid} with Message-ID '{}' recovered from the spool for the message intake address {} (queue ID {})",
+                sanitize(message_id),
+                sanitize(intake),
+                sanitize(queue_id)
+            ),
             Event::DamagedSpoolFile { path, reason } => write!(
                 f,
                 "TDC: damaged spool file {} moved aside: {}",
@@ -336,6 +355,13 @@ pub fn sanitize_bytes(value: &[u8]) -> String {
 #[derive(Clone)]
 pub struct Log {
     sink: Arc<Sink>,
+    /// Also sees every event (message tracking).
+    tap: Option<Arc<dyn Tap>>,
+}
+
+/// Something that wants every event besides the log (message tracking).
+pub trait Tap: Send + Sync {
+    fn event(&self, event: &Event<'_>, line: &str);
 }
 
 enum Sink {
@@ -379,6 +405,7 @@ impl Log {
                 socket,
                 logger: Mutex::new(logger),
             }),
+            tap: None,
         }
     }
 
@@ -386,6 +413,7 @@ impl Log {
     pub fn stderr() -> Log {
         Log {
             sink: Arc::new(Sink::Stderr),
+            tap: None,
         }
     }
 
@@ -393,6 +421,7 @@ impl Log {
     pub fn memory() -> Log {
         Log {
             sink: Arc::new(Sink::Memory(Mutex::new(Vec::new()))),
+            tap: None,
         }
     }
 
@@ -404,8 +433,20 @@ impl Log {
         }
     }
 
+    /// The same log, with every event also shown to `tap`.
+    pub fn with_tap(&self, tap: Arc<dyn Tap>) -> Log {
+        Log {
+            sink: self.sink.clone(),
+            tap: Some(tap),
+        }
+    }
+
     pub fn event(&self, event: Event<'_>) {
-        self.write(event.severity(), &event.to_string());
+        let line = event.to_string();
+        if let Some(tap) = &self.tap {
+            tap.event(&event, &line);
+        }
+        self.write(event.severity(), &line);
     }
 
     /// A line that is not one of the appliance's events (errors of our own, start-up).

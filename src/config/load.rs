@@ -22,7 +22,7 @@ use super::yaml_path::{node_at, Node};
 use super::{
     Connector, ControlSettings, DeliverySettings, HeaderVerdict, IncomingSettings, JournalSettings,
     MetricsSettings, MilterSettings, Policy, QueueSettings, ResolverSpec, Route, Settings,
-    TlsSettings, DEFAULT_POLICY,
+    TlsSettings, TrackingSettings, DEFAULT_POLICY,
 };
 
 const DEFAULT_LISTEN: &str = "inet:127.0.0.1:8895";
@@ -160,7 +160,14 @@ struct RawSettings {
     queue: Option<RawQueue>,
     control: Option<RawControl>,
     metrics: Option<RawMetrics>,
+    tracking: Option<RawTracking>,
     policies: Option<Spanned<Vec<RawPolicy>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTracking {
+    max_journals: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -505,6 +512,13 @@ impl Loader<'_> {
             },
         };
         let metrics = self.metrics(raw.metrics.unwrap_or_default())?;
+        let tracking = TrackingSettings {
+            max_journals: self.at_least_one(
+                &raw.tracking.unwrap_or_default().max_journals,
+                "tracking.max_journals",
+                crate::tracking::DEFAULT_CAPACITY,
+            )?,
+        };
         let (policies, connector_at) = self.policies(raw.policies)?;
 
         if enabled && intake_address.is_none() {
@@ -541,6 +555,7 @@ impl Loader<'_> {
             queue,
             control,
             metrics,
+            tracking,
             policies,
         })
     }

@@ -36,6 +36,7 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub control: ControlSettings,
     pub metrics: MetricsSettings,
+    pub tracking: TrackingSettings,
     /// Ordered incoming mail policies; the last one is always `DEFAULT`.
     pub policies: Vec<Policy>,
 }
@@ -130,6 +131,13 @@ pub struct DeliverySettings {
 pub struct ControlSettings {
     /// Unix socket; only root and the daemon's group may open it (mode 0660).
     pub socket: PathBuf,
+}
+
+/// Message tracking (`tdc-milter track`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackingSettings {
+    /// Journals whose lines are kept; the oldest are dropped first.
+    pub max_journals: usize,
 }
 
 /// The Prometheus endpoint.

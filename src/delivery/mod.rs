@@ -178,10 +178,13 @@ impl Connection<'_> {
                 self.deliverer
                     .log_connection_error(dcid, &self.target, self.session.local, e)
             }
-            Err(DeliveryError {
-                kind: Kind::Reply(reply),
-                ..
-            }) => log.event(Event::Bounced {
+            // The appliance's "Bounced" line is for refusals that end the journal.
+            Err(
+                e @ DeliveryError {
+                    kind: Kind::Reply(reply),
+                    ..
+                },
+            ) if e.class() == FailureClass::Permanent => log.event(Event::Bounced {
                 dcid,
                 mid: job.mid,
                 response: &reply.to_string(),

@@ -186,6 +186,12 @@ pub fn open(
     for entry in found {
         // Wall-clock age, because the monotonic clock restarted with the process.
         let age = Duration::from_millis(now_wall.saturating_sub(entry.enqueued_ms));
+        shared.log.event(Event::RecoveredJournal {
+            mid: entry.mid,
+            message_id: &entry.message_id,
+            intake: &entry.intake,
+            queue_id: &entry.queue_id,
+        });
         match shared.limits.lifetime.checked_sub(age) {
             Some(left) if !left.is_zero() => shared.admit(entry, Instant::now() + left),
             _ => {

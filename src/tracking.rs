@@ -1,0 +1,224 @@
+//! Message tracking: the lines of each journal's life (queued, each attempt, outcome),
+//! kept in a bounded store and found by MID, MTA queue ID or Message-ID.
+//!
+//! The store sees every log event through a [`Tap`], so tracking and the mail log
+//! can never tell different stories. Journals still in the spool at start are taken
+//! back with a "recovered" line, so their tracking survives a restart.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tdclog::{Event, Tap};
+
+/// How many journals the store keeps by default; the oldest are dropped first.
+pub const DEFAULT_CAPACITY: usize = 10_000;
+/// Lines kept per journal; a journal has a dozen at most in practice.
+const MAX_LINES: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackedLine {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    pub mid: u64,
+    pub queue_id: String,
+    pub message_id: String,
+    pub intake: String,
+    pub lines: Vec<TrackedLine>,
+}
+
+#[derive(Default)]
+struct Store {
+    journals: HashMap<u64, Journal>,
+    /// MIDs oldest first, for eviction.
+    order: VecDeque<u64>,
+}
+
+pub struct Tracker {
+    capacity: usize,
+    store: Mutex<Store>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The MID an event is about, if any.
+fn mid_of(event: &Event<'_>) -> Option<u64> {
+    match event {
+        Event::Enqueued { mid, .. }
+        | Event::RecoveredJournal { mid, .. }
+        | Event::DeliveryStart { mid, .. }
+        | Event::Delivered { mid }
+        | Event::Finished { mid }
+        | Event::TlsFailed { mid }
+        | Event::HardBounced { mid }
+        | Event::Bounced { mid, .. }
+        | Event::FailureDetail { mid, .. }
+        | Event::RetryScheduled { mid, .. }
+        | Event::Expired { mid, .. } => Some(*mid),
+        _ => None,
+    }
+}
+
+impl Tracker {
+    pub fn new(capacity: usize) -> Tracker {
+        Tracker {
+            capacity: capacity.max(1),
+            store: Mutex::new(Store::default()),
+        }
+    }
+
+    /// Journals whose MID, queue ID or Message-ID (brackets optional) is `key`.
+    pub fn find(&self, key: &str) -> Vec<Journal> {
+        let key = key.trim();
+        let bare = key.trim_start_matches('<').trim_end_matches('>');
+        let Ok(store) = self.store.lock() else {
+            return Vec::new();
+        };
+        let mid: Option<u64> = key.parse().ok();
+        let mut found: Vec<Journal> = store
+            .journals
+            .values()
+            .filter(|j| {
+                Some(j.mid) == mid
+                    || (!key.is_empty() && j.queue_id.eq_ignore_ascii_case(key))
+                    || (!bare.is_empty()
+                        && j.message_id.trim_start_matches('<').trim_end_matches('>') == bare)
+            })
+            .cloned()
+            .collect();
+        found.sort_by_key(|j| j.mid);
+        found
+    }
+}
+
+impl Tap for Tracker {
+    fn event(&self, event: &Event<'_>, line: &str) {
+        let Some(mid) = mid_of(event) else { return };
+        let Ok(mut store) = self.store.lock() else {
+            return;
+        };
+        let store = &mut *store;
+        if !store.journals.contains_key(&mid) {
+            let (queue_id, message_id, intake) = match event {
+                Event::Enqueued {
+                    queue_id,
+                    message_id,
+                    intake,
+                    ..
+                }
+                | Event::RecoveredJournal {
+                    queue_id,
+                    message_id,
+                    intake,
+                    ..
+                } => (
+                    queue_id.to_string(),
+                    message_id.to_string(),
+                    intake.to_string(),
+                ),
+                // Lines about a journal we never saw queued (evicted, or from before
+                // a restart without its recovery line) are not worth a stub entry.
+                _ => return,
+            };
+            while store.order.len() >= self.capacity {
+                if let Some(old) = store.order.pop_front() {
+                    store.journals.remove(&old);
+                }
+            }
+            store.order.push_back(mid);
+            store.journals.insert(
+                mid,
+                Journal {
+                    mid,
+                    queue_id,
+                    message_id,
+                    intake,
+                    lines: Vec::new(),
+                },
+            );
+        }
+        if let Some(journal) = store.journals.get_mut(&mid) {
+            if journal.lines.len() < MAX_LINES {
+                let at = now();
+                journal.lines.push(TrackedLine {
+                    at,
+                    text: line.to_string(),
+                });
+                // The appliance's message-tracking wording for a delivered journal.
+                if matches!(event, Event::Delivered { .. }) {
+                    journal.lines.push(TrackedLine {
+                        at,
+                        text: format!(
+                            "TDC: Message {mid} was successfully delivered for scanning with Cisco Secure Email Threat Defense."
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enqueue(t: &Tracker, mid: u64, qid: &str, id: &str) {
+        let e = Event::Enqueued {
+            mid,
+            message_id: id,
+            intake: "i@intake.test",
+            queue_id: qid,
+        };
+        t.event(&e, &e.to_string());
+    }
+
+    #[test]
+    fn finds_by_mid_queue_id_and_message_id() {
+        let t = Tracker::new(10);
+        enqueue(&t, 1, "Q1", "<a@x>");
+        enqueue(&t, 2, "Q1", "<a@x>");
+        enqueue(&t, 3, "Q3", "<b@x>");
+        let d = Event::Delivered { mid: 1 };
+        t.event(&d, &d.to_string());
+        assert_eq!(t.find("1").len(), 1);
+        assert_eq!(
+            t.find("q1").iter().map(|j| j.mid).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(t.find("b@x")[0].mid, 3);
+        assert_eq!(t.find("<b@x>")[0].mid, 3);
+        assert!(t.find("nothing").is_empty());
+        let found = t.find("1");
+        let lines: Vec<&str> = found[0].lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            lines[2],
+            "TDC: Message 1 was successfully delivered for scanning with Cisco Secure Email Threat Defense."
+        );
+    }
+
+    #[test]
+    fn the_store_is_bounded_oldest_first() {
+        let t = Tracker::new(2);
+        enqueue(&t, 1, "Q1", "");
+        enqueue(&t, 2, "Q2", "");
+        enqueue(&t, 3, "Q3", "");
+        assert!(t.find("1").is_empty());
+        assert_eq!(t.find("3").len(), 1);
+        // Lines about an evicted journal do not bring it back.
+        let d = Event::Delivered { mid: 1 };
+        t.event(&d, &d.to_string());
+        assert!(t.find("1").is_empty());
+    }
+}
