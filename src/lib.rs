@@ -34,15 +34,11 @@ pub mod tracking;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use config::Settings;
 use stats::Stats;
 use tdclog::{Event, Log, Severity};
 use tokio::sync::mpsc;
-
-/// How long in-flight deliveries may run on after the milter has stopped.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub enum RunError {
@@ -99,6 +95,7 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     let tracker = Arc::new(tracking::Tracker::new(settings.tracking.max_journals));
     let log = log.with_tap(tracker.clone());
+    let grace = settings.delivery.shutdown_grace;
     let deliverer = delivery::Deliverer::new(&settings, log.clone()).map_err(RunError::Delivery)?;
     if !settings.delivery.tls.verify {
         log.event(Event::TlsVerifyOff);
@@ -144,7 +141,7 @@ pub async fn run_with(
         },
     };
     let (stop_delivery, delivery_stopped) = tokio::sync::oneshot::channel::<()>();
-    let delivering = tokio::spawn(scheduler.run(async {
+    let mut delivering = tokio::spawn(scheduler.run(async {
         let _ = delivery_stopped.await;
     }));
 
@@ -164,10 +161,10 @@ pub async fn run_with(
 
     // No new journals can come now: let the connections finish what they are sending.
     let _ = stop_delivery.send(());
-    if tokio::time::timeout(SHUTDOWN_GRACE, delivering)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, &mut delivering).await.is_err() {
+        // Dropping the handle would leave the workers running; what they had in hand
+        // stays in the spool and goes out after the next start.
+        delivering.abort();
         log.line(
             Severity::Warning,
             "TDC: deliveries still running at shutdown were abandoned; their journals stay in the spool",

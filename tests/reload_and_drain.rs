@@ -149,3 +149,43 @@ async fn shutdown_finishes_deliveries_in_flight_and_keeps_the_rest_for_the_next_
     again.stop().await;
     intake.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_delivery_that_outlasts_the_grace_period_is_abandoned_but_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = IntakeScript::default().on_connection(0, Stage::Data, Step::Stall);
+    let (intake, ca) = common::start_intake(script, dir.path()).await;
+    let yaml = settings_with(
+        intake.addr(),
+        &ca,
+        "",
+        "  shutdown_grace: 500ms\n  lifetime: 60s\n",
+    );
+    let daemon = Daemon::start(&yaml, dir.path()).await;
+    daemon.journal("QSTUCK", "<bob@example.com>").await;
+    daemon.wait_for_log("TDC: Delivery start", 1).await;
+    let started = tokio::time::Instant::now();
+    let lines = daemon.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited past the grace"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("deliveries still running at shutdown were abandoned")),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("spool/active"))
+            .expect("spool")
+            .count(),
+        1
+    );
+
+    // The next start delivers it (the stall was only on the first connection).
+    let again = Daemon::start(&yaml, dir.path()).await;
+    again.wait_for_log("successfully delivered", 1).await;
+    again.stop().await;
+    intake.shutdown().await;
+}

@@ -34,6 +34,7 @@ const DEFAULT_MAX_CONNECTIONS: usize = 20;
 const DEFAULT_MIN_CONNECTIONS: usize = 3;
 const DEFAULT_MAX_MESSAGES_PER_CONNECTION: usize = 10;
 const DEFAULT_RETRY_DELAY_SECS: u64 = 5;
+const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 const DEFAULT_SPOOL_DIR: &str = "/var/spool/tdc-milter";
 const DEFAULT_CONTROL_SOCKET: &str = "/run/tdc-milter/control.sock";
 const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9466";
@@ -227,6 +228,7 @@ struct RawDelivery {
     tls: Option<RawTls>,
     lifetime: Option<Spanned<String>>,
     retry_delay: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
     min_connections: Option<Spanned<usize>>,
     max_connections: Option<Spanned<usize>>,
     max_messages_per_connection: Option<Spanned<usize>>,
@@ -812,6 +814,11 @@ impl Loader<'_> {
             "delivery.retry_delay",
             std::time::Duration::from_secs(DEFAULT_RETRY_DELAY_SECS),
         )?;
+        let shutdown_grace = self.duration(
+            &raw.shutdown_grace,
+            "delivery.shutdown_grace",
+            std::time::Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS),
+        )?;
         let max_connections = self.at_least_one(
             &raw.max_connections,
             "delivery.max_connections",
@@ -846,6 +853,7 @@ impl Loader<'_> {
             tls,
             lifetime,
             retry_delay,
+            shutdown_grace,
             min_connections,
             max_connections,
             max_messages_per_connection,

@@ -118,6 +118,9 @@ pub struct DeliverySettings {
     pub lifetime: Duration,
     /// The one retry of a soft failure waits at least this long.
     pub retry_delay: Duration,
+    /// At shutdown, deliveries in progress may finish for this long; what is left
+    /// stays in the spool.
+    pub shutdown_grace: Duration,
     /// While journals wait, at least this many connections (or one per journal, if fewer).
     pub min_connections: usize,
     /// Upper bound on simultaneous connections to the intake.
