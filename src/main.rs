@@ -36,6 +36,8 @@ enum Command {
     },
     /// Validate the settings file: exit 0 if valid, else 1 with file:line:column errors
     CheckConfig,
+    /// The effective settings, each with the level it came from (cluster, group, machine, default)
+    ShowConfig,
     /// Counters of the.tdc.queue in the running daemon, in the appliance's tophosts layout
     Tophosts {
         /// Print the JSON document instead
@@ -68,6 +70,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig => check_config(&cli.config),
+        Command::ShowConfig => match Settings::load(&cli.config) {
+            Ok(settings) => {
+                print!("{}", tdc_milter::config::show::render(&settings));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Tophosts { json } => ask(&cli.config, "tophosts", json),
         Command::Status { json } => ask(&cli.config, "status", json),
         Command::Track { key, json } => {

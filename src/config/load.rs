@@ -19,6 +19,7 @@ use super::values::{
     check_header_name, normalise_address, parse_host_port, parse_pattern, parse_socket_spec,
 };
 use super::yaml_path::{node_at, Node};
+use super::Level;
 use super::{
     Connector, ControlSettings, DeliverySettings, HeaderVerdict, IncomingSettings, JournalSettings,
     MetricsSettings, MilterSettings, Policy, QueueSettings, ResolverSpec, Route, Settings,
@@ -163,6 +164,14 @@ struct RawSettings {
     metrics: Option<RawMetrics>,
     tracking: Option<RawTracking>,
     policies: Option<Spanned<Vec<RawPolicy>>>,
+    levels: Option<RawLevels>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLevels {
+    group: Option<Spanned<String>>,
+    machine: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -341,19 +350,74 @@ impl Settings {
     /// Checks `text` as if it had been read from `path`. `path` names the file in errors,
     /// and a relative `delivery.tls.ca_file` is taken relative to its directory.
     pub fn from_yaml(text: &str, path: &Path) -> Result<Settings, ConfigError> {
-        let options = serde_saphyr::options! {
-            // YAML 1.1 spellings (yes/no, on/off) are accepted for booleans: the target
-            // type decides, so they never turn a string setting such as `connector: off`
-            // into a boolean.
-            strict_booleans: false,
-            duplicate_keys: DuplicateKeyPolicy::Error,
-            with_snippet: false,
+        let mut main = parse(text, path)?;
+        let named = main.levels.take().unwrap_or_default();
+        let mut files = vec![path.to_path_buf()];
+        let mut origins = Origins::new();
+        let mut raw = RawSettings::default();
+        levels::overlay(&mut raw, main, &mut origins, Level::Cluster, 0);
+        // More specific files, in order: what they set wins.
+        for (level, key, file) in [
+            (Level::Group, "levels.group", named.group),
+            (Level::Machine, "levels.machine", named.machine),
+        ] {
+            let Some(file) = file else { continue };
+            let loader = Loader {
+                path,
+                files: &files,
+                origins: &origins,
+            };
+            let level_path = loader.relative_to_file(file.value.trim(), key);
+            let level_text = std::fs::read_to_string(&level_path).map_err(|error| {
+                loader.bad(
+                    &file,
+                    key,
+                    format!("cannot read {}: {error}", level_path.display()),
+                )
+            })?;
+            let mut over = parse(&level_text, &level_path)?;
+            if over.levels.take().is_some() {
+                return Err(ConfigError::invalid(
+                    &level_path,
+                    None,
+                    "levels: only the main (cluster) settings file may name level files",
+                ));
+            }
+            files.push(level_path);
+            levels::overlay(&mut raw, over, &mut origins, level, files.len() - 1);
+        }
+        let loader = Loader {
+            path,
+            files: &files,
+            origins: &origins,
         };
-        let raw: Option<RawSettings> = serde_saphyr::from_str_with_options(text, options)
-            .map_err(|e| yaml_error(&e, text, path))?;
-        Loader { path }.settings(raw.unwrap_or_default())
+        let mut settings = loader.settings(raw)?;
+        settings.origins = origins
+            .iter()
+            .map(|(key, (level, _))| (key.clone(), *level))
+            .collect();
+        settings.level_files = files[1..].to_vec();
+        Ok(settings)
     }
 }
+
+/// Parses one settings file.
+fn parse(text: &str, path: &Path) -> Result<RawSettings, ConfigError> {
+    let options = serde_saphyr::options! {
+        // YAML 1.1 spellings (yes/no, on/off) are accepted for booleans: the target
+        // type decides, so they never turn a string setting such as `connector: off`
+        // into a boolean.
+        strict_booleans: false,
+        duplicate_keys: DuplicateKeyPolicy::Error,
+        with_snippet: false,
+    };
+    let raw: Option<RawSettings> = serde_saphyr::from_str_with_options(text, options)
+        .map_err(|e| yaml_error(&e, text, path))?;
+    Ok(raw.unwrap_or_default())
+}
+
+/// For each key set in some file: its level and the index of that file.
+type Origins = std::collections::BTreeMap<String, (Level, usize)>;
 
 /// Turns a deserialiser error into one line that names the key and the bad value.
 fn yaml_error(err: &YamlError, text: &str, path: &Path) -> ConfigError {
@@ -474,19 +538,48 @@ fn describe(err: &YamlError, node: Option<&Node>) -> String {
     }
 }
 
-/// Converts the raw file into settings, one section at a time.
+/// Converts the raw (merged) settings into settings, one section at a time. Errors
+/// name the file that set the offending key.
 struct Loader<'p> {
     path: &'p Path,
+    files: &'p [PathBuf],
+    origins: &'p Origins,
 }
 
 impl Loader<'_> {
+    /// The file that set `key` (or a section above it); the main file otherwise.
+    fn file_for(&self, key: &str) -> &Path {
+        let mut k = key;
+        loop {
+            if let Some((_, index)) = self.origins.get(k) {
+                if let Some(file) = self.files.get(*index) {
+                    return file;
+                }
+            }
+            match k.rfind(['.', '[']) {
+                Some(cut) => k = &k[..cut],
+                None => return self.path,
+            }
+        }
+    }
+
     fn err(&self, location: Option<Position>, message: impl AsRef<str>) -> ConfigError {
         ConfigError::invalid(self.path, location, message)
     }
 
+    /// An error at a position in the file that set `key`.
+    fn err_in(
+        &self,
+        key: &str,
+        location: Option<Position>,
+        message: impl AsRef<str>,
+    ) -> ConfigError {
+        ConfigError::invalid(self.file_for(key), location, message)
+    }
+
     /// An error about a spanned value, worded as `KEY: MESSAGE`.
     fn bad<T>(&self, value: &Spanned<T>, key: &str, message: impl fmt::Display) -> ConfigError {
-        self.err(at(value), format!("{key}: {message}"))
+        self.err_in(key, at(value), format!("{key}: {message}"))
     }
 
     fn settings(&self, raw: RawSettings) -> Result<Settings, ConfigError> {
@@ -510,7 +603,7 @@ impl Loader<'_> {
                 return Err(self.bad(&s, "control.socket", "the path is empty"))
             }
             Some(s) => ControlSettings {
-                socket: self.relative_to_file(s.value.trim()),
+                socket: self.relative_to_file(s.value.trim(), "control.socket"),
             },
         };
         let metrics = self.metrics(raw.metrics.unwrap_or_default())?;
@@ -541,13 +634,15 @@ impl Loader<'_> {
                          set intake_address or change the connector",
                         quoted(&policy.name)
                     );
-                    return Err(self.err(*location, message));
+                    return Err(self.err_in("policies", *location, message));
                 }
             }
         }
 
         Ok(Settings {
             path: self.path.to_path_buf(),
+            level_files: Vec::new(),
+            origins: Default::default(),
             enabled,
             intake_address,
             milter,
@@ -586,7 +681,7 @@ impl Loader<'_> {
             Some(dir) if dir.value.trim().is_empty() => {
                 return Err(self.bad(dir, "queue.spool_dir", "the path is empty"))
             }
-            Some(dir) => self.relative_to_file(dir.value.trim()),
+            Some(dir) => self.relative_to_file(dir.value.trim(), "queue.spool_dir"),
         };
         let max_messages = self.at_least_one(
             &raw.max_messages,
@@ -610,8 +705,8 @@ impl Loader<'_> {
 
     /// Paths in the file are relative to the file's directory, so a lab directory can be
     /// moved as a whole.
-    fn relative_to_file(&self, written: &str) -> PathBuf {
-        match self.path.parent() {
+    fn relative_to_file(&self, written: &str, key: &str) -> PathBuf {
+        match self.file_for(key).parent() {
             Some(dir) if Path::new(written).is_relative() => dir.join(written),
             _ => PathBuf::from(written),
         }
@@ -872,7 +967,7 @@ impl Loader<'_> {
                         "the path is empty; write null for none",
                     ));
                 }
-                let resolved = self.relative_to_file(written);
+                let resolved = self.relative_to_file(written, "delivery.tls.ca_file");
                 let readable = std::fs::metadata(&resolved).and_then(|meta| {
                     if meta.is_dir() {
                         Err(std::io::Error::other("is a directory"))
@@ -988,7 +1083,7 @@ impl Loader<'_> {
                                 "{key}.connector: policy {DEFAULT_POLICY} cannot be use-default; \
                                  write global, off or {{ custom: ADDRESS }}"
                             );
-                            return Err(self.err(location, message));
+                            return Err(self.err_in("policies", location, message));
                         }
                         RawConnector::UseDefault => Connector::UseDefault,
                         RawConnector::Global => Connector::Global,
@@ -1015,7 +1110,7 @@ impl Loader<'_> {
                 "policies: the last policy must be {DEFAULT_POLICY} (it matches every recipient \
                  and says what happens to the rest); add one with connector global or off"
             );
-            return Err(self.err(list_at, message));
+            return Err(self.err_in("policies", list_at, message));
         }
         Ok((policies, connector_at))
     }
@@ -1038,5 +1133,6 @@ impl Loader<'_> {
     }
 }
 
+mod levels;
 #[cfg(test)]
 mod tests;

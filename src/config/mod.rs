@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod load;
+pub mod show;
 mod units;
 mod values;
 mod yaml_path;
@@ -23,8 +24,13 @@ pub const DEFAULT_PATH: &str = "/etc/tdc-milter/tdc-milter.yaml";
 /// The effective settings of one running daemon.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// The file the settings were read from (for messages).
+    /// The file the settings were read from (for messages): the cluster level.
     pub path: PathBuf,
+    /// The group and machine files that were read, if any (SPEC §2 levels).
+    pub level_files: Vec<PathBuf>,
+    /// For each key set in a file (`delivery.lifetime`, `policies`, ...): its level.
+    /// Keys not listed have their default.
+    pub origins: std::collections::BTreeMap<String, Level>,
     /// Global switch: when false, nothing is journaled and every message is accepted.
     pub enabled: bool,
     /// Default (global) message intake address, already normalised (domain in A-labels, lower case).
@@ -224,6 +230,27 @@ pub enum Connector {
     Custom(String),
     /// No journaling.
     Off,
+}
+
+/// Where a setting came from (SPEC §2 centralized management).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// The main settings file.
+    Cluster,
+    /// `levels.group`.
+    Group,
+    /// `levels.machine`.
+    Machine,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Cluster => "cluster",
+            Level::Group => "group",
+            Level::Machine => "machine",
+        }
+    }
 }
 
 /// Name of the catch-all policy that must come last.
