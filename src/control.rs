@@ -4,6 +4,7 @@
 //! with one JSON document and closes. The socket is mode 0660, so only root and the
 //! daemon's user and group can use it.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -45,45 +46,12 @@ pub struct Status {
     pub status_time: u64,
     pub version: String,
     pub uptime_secs: u64,
-    pub queue: QueueStatusView,
-    pub connections: u64,
-    pub counters: CountersView,
-    pub intakes: Vec<IntakeView>,
-    pub last_error: Option<LastErrorView>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueStatusView {
-    pub journals: usize,
-    pub bytes: u64,
-    pub in_flight: usize,
-    pub waiting_for_retry: usize,
-    pub oldest_age_secs: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CountersView {
-    pub delivered: u64,
-    pub soft_bounced: u64,
-    pub hard_bounced: u64,
-    pub expired: u64,
-    pub refused: u64,
-    pub too_large: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IntakeView {
-    pub intake: String,
-    pub delivered: u64,
-    pub soft_bounced: u64,
-    pub hard_bounced: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastErrorView {
-    pub at: u64,
-    pub mid: u64,
-    pub error: String,
+    pub queue: QueueStatus,
+    /// Counters since start; `connections` is the open connections now.
+    pub counters: Snapshot,
+    /// Outcomes per intake address.
+    pub intakes: BTreeMap<String, IntakeCounts>,
+    pub last_error: Option<LastError>,
 }
 
 fn epoch_secs() -> u64 {
@@ -132,43 +100,14 @@ impl Controller {
 
     pub fn status(&self) -> Status {
         let stats = self.queue.stats();
-        let s = stats.snapshot();
-        let q: QueueStatus = self.queue.status();
         Status {
             status_time: epoch_secs(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: self.started.elapsed().map_or(0, |d| d.as_secs()),
-            queue: QueueStatusView {
-                journals: q.journals,
-                bytes: q.bytes,
-                in_flight: q.in_flight,
-                waiting_for_retry: q.waiting_for_retry,
-                oldest_age_secs: q.oldest_age_secs,
-            },
-            connections: s.connections,
-            counters: CountersView {
-                delivered: s.delivered,
-                soft_bounced: s.soft_bounced,
-                hard_bounced: s.hard_bounced,
-                expired: s.expired,
-                refused: s.refused,
-                too_large: s.too_large,
-            },
-            intakes: stats
-                .per_intake()
-                .into_iter()
-                .map(|(intake, c): (String, IntakeCounts)| IntakeView {
-                    intake,
-                    delivered: c.delivered,
-                    soft_bounced: c.soft_bounced,
-                    hard_bounced: c.hard_bounced,
-                })
-                .collect(),
-            last_error: stats.last_error().map(|e: LastError| LastErrorView {
-                at: e.at,
-                mid: e.mid,
-                error: e.error,
-            }),
+            queue: self.queue.status(),
+            counters: stats.snapshot(),
+            intakes: stats.per_intake(),
+            last_error: stats.last_error(),
         }
     }
 
@@ -372,8 +311,8 @@ pub fn render_status(s: &Status) -> String {
         "{QUEUE_NAME}: {} journals ({} bytes), {} being delivered, {} waiting for their retry, oldest {oldest}\n",
         s.queue.journals, s.queue.bytes, s.queue.in_flight, s.queue.waiting_for_retry
     ));
-    out.push_str(&format!("connections to the intake: {}\n", s.connections));
     let c = &s.counters;
+    out.push_str(&format!("connections to the intake: {}\n", c.connections));
     out.push_str(&format!(
         "since start: {} delivered, {} soft bounced, {} hard bounced ({} expired), {} refused (queue full or spool error), {} too large\n",
         c.delivered, c.soft_bounced, c.hard_bounced, c.expired, c.refused, c.too_large
@@ -382,10 +321,10 @@ pub fn render_status(s: &Status) -> String {
         out.push_str(
             "\nintake address                              delivered  soft bounced  hard bounced\n",
         );
-        for i in &s.intakes {
+        for (intake, i) in &s.intakes {
             out.push_str(&format!(
                 "{:<42}{:>11}{:>14}{:>14}\n",
-                i.intake, i.delivered, i.soft_bounced, i.hard_bounced
+                intake, i.delivered, i.soft_bounced, i.hard_bounced
             ));
         }
     }

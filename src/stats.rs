@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug)]
 pub struct Stats {
@@ -66,14 +66,14 @@ impl Default for Stats {
 }
 
 /// Outcomes for one intake address.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IntakeCounts {
     pub delivered: u64,
     pub soft_bounced: u64,
     pub hard_bounced: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastError {
     /// Seconds since the Unix epoch.
     pub at: u64,
@@ -82,7 +82,7 @@ pub struct LastError {
 }
 
 /// The values at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub active: u64,
     pub active_bytes: u64,

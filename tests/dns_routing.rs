@@ -19,6 +19,28 @@ async fn router(dns: &FakeDns, route: Route) -> Router {
     Router::new(route, &ResolverSpec::Server(dns.addr()), PORT).expect("router")
 }
 
+/// Routes `domain` by DNS against a fake serving `zone`; the lookup must succeed.
+async fn resolves(zone: Zone, domain: &str) -> (FakeDns, Vec<Target>) {
+    let dns = FakeDns::start(zone).await;
+    let targets = router(&dns, Route::Dns)
+        .await
+        .targets(domain)
+        .await
+        .expect("targets");
+    (dns, targets)
+}
+
+/// Routes `domain` by DNS against a fake serving `zone`; the lookup must fail.
+async fn fails(zone: Zone, domain: &str) -> (FakeDns, DeliveryError) {
+    let dns = FakeDns::start(zone).await;
+    let e = router(&dns, Route::Dns)
+        .await
+        .targets(domain)
+        .await
+        .expect_err("a DNS failure");
+    (dns, e)
+}
+
 fn target(address: &str, tls_name: &str) -> Target {
     Target {
         address: address.parse::<SocketAddr>().expect("socket address"),
@@ -54,12 +76,7 @@ async fn mx_hosts_in_preference_order_each_with_its_addresses() {
         )
         .ip("mx1.intake.test", &["127.0.0.1", "127.0.0.2"])
         .ip("mx2.intake.test", &["127.0.0.3"]);
-    let dns = FakeDns::start(zone).await;
-    let targets = router(&dns, Route::Dns)
-        .await
-        .targets("intake.test")
-        .await
-        .expect("targets");
+    let (dns, targets) = resolves(zone, "intake.test").await;
     assert_eq!(
         targets,
         vec![
@@ -79,12 +96,7 @@ async fn mx_hosts_in_preference_order_each_with_its_addresses() {
 #[tokio::test]
 async fn no_mx_means_the_domain_itself_is_the_mail_host() {
     let zone = Zone::new().ip("nomx.test", &["127.0.0.5"]);
-    let dns = FakeDns::start(zone).await;
-    let targets = router(&dns, Route::Dns)
-        .await
-        .targets("nomx.test")
-        .await
-        .expect("targets");
+    let (dns, targets) = resolves(zone, "nomx.test").await;
     assert_eq!(targets, vec![target("127.0.0.5:25", "nomx.test")]);
     assert_eq!(dns.count("nomx.test", RecordType::MX), 1);
     assert_eq!(dns.count("nomx.test", RecordType::A), 1);
@@ -94,12 +106,7 @@ async fn no_mx_means_the_domain_itself_is_the_mail_host() {
 async fn implicit_mx_without_address_is_permanent() {
     // The name exists (it has a TXT-like entry) but no MX, A or AAAA.
     let zone = Zone::new().answer("empty.test", RecordType::TXT, Answer::NoData);
-    let dns = FakeDns::start(zone).await;
-    let e = router(&dns, Route::Dns)
-        .await
-        .targets("empty.test")
-        .await
-        .expect_err("no address");
+    let (_dns, e) = fails(zone, "empty.test").await;
     assert_permanent(&e, "empty.test A - NoData");
 }
 
@@ -108,12 +115,7 @@ async fn null_mx_is_a_hard_bounce() {
     let zone = Zone::new()
         .null_mx("nomail.test")
         .ip("nomail.test", &["127.0.0.6"]);
-    let dns = FakeDns::start(zone).await;
-    let e = router(&dns, Route::Dns)
-        .await
-        .targets("nomail.test")
-        .await
-        .expect_err("null MX");
+    let (dns, e) = fails(zone, "nomail.test").await;
     assert_permanent(&e, "nomail.test MX - ");
     // Nothing is looked up after the null MX: neither the root nor the implicit MX.
     assert_eq!(dns.queries().len(), 1, "{:?}", dns.queries());
@@ -141,12 +143,7 @@ async fn nxdomain_is_permanent_and_not_retried() {
 #[tokio::test]
 async fn servfail_is_temporary() {
     let zone = Zone::new().answer("intake.test", RecordType::MX, Answer::ServFail);
-    let dns = FakeDns::start(zone).await;
-    let e = router(&dns, Route::Dns)
-        .await
-        .targets("intake.test")
-        .await
-        .expect_err("SERVFAIL");
+    let (dns, e) = fails(zone, "intake.test").await;
     assert_temporary(&e, "intake.test MX - ServFail");
     // Retried on the spot at most once (the queue does the real retry later).
     assert!(
@@ -161,12 +158,7 @@ async fn servfail_is_temporary() {
 #[tokio::test]
 async fn refused_is_temporary() {
     let zone = Zone::new().answer("intake.test", RecordType::MX, Answer::Refused);
-    let dns = FakeDns::start(zone).await;
-    let e = router(&dns, Route::Dns)
-        .await
-        .targets("intake.test")
-        .await
-        .expect_err("REFUSED");
+    let (_dns, e) = fails(zone, "intake.test").await;
     assert_temporary(&e, "intake.test MX - Refused");
 }
 
@@ -192,12 +184,7 @@ async fn mx_host_without_address_falls_back_to_the_next_mx() {
             &[(10, "mx1.intake.test"), (20, "mx2.intake.test")],
         )
         .ip("mx2.intake.test", &["127.0.0.3"]);
-    let dns = FakeDns::start(zone).await;
-    let targets = router(&dns, Route::Dns)
-        .await
-        .targets("intake.test")
-        .await
-        .expect("targets");
+    let (dns, targets) = resolves(zone, "intake.test").await;
     assert_eq!(targets, vec![target("127.0.0.3:25", "mx2.intake.test")]);
     assert_eq!(dns.count("mx1.intake.test", RecordType::A), 1);
 }
@@ -212,12 +199,7 @@ async fn mx_host_whose_lookup_fails_falls_back_to_the_next_mx() {
         .answer("mx1.intake.test", RecordType::A, Answer::ServFail)
         .answer("mx1.intake.test", RecordType::AAAA, Answer::ServFail)
         .ip("mx2.intake.test", &["127.0.0.3"]);
-    let dns = FakeDns::start(zone).await;
-    let targets = router(&dns, Route::Dns)
-        .await
-        .targets("intake.test")
-        .await
-        .expect("targets");
+    let (_dns, targets) = resolves(zone, "intake.test").await;
     assert_eq!(targets, vec![target("127.0.0.3:25", "mx2.intake.test")]);
 }
 
@@ -227,12 +209,7 @@ async fn all_mx_hosts_unresolvable_permanently_is_permanent() {
         "intake.test",
         &[(10, "mx1.intake.test"), (20, "mx2.intake.test")],
     );
-    let dns = FakeDns::start(zone).await;
-    let e = router(&dns, Route::Dns)
-        .await
-        .targets("intake.test")
-        .await
-        .expect_err("no address");
+    let (_dns, e) = fails(zone, "intake.test").await;
     // The last failure.
     assert_permanent(&e, "mx2.intake.test A - NXDomain");
 }
@@ -247,12 +224,7 @@ async fn one_temporary_failure_among_unresolvable_mx_hosts_makes_it_temporary() 
         )
         .answer("mx1.intake.test", RecordType::A, Answer::ServFail)
         .answer("mx1.intake.test", RecordType::AAAA, Answer::NoData);
-    let dns = FakeDns::start(zone).await;
-    let e = router(&dns, Route::Dns)
-        .await
-        .targets("intake.test")
-        .await
-        .expect_err("no address");
+    let (_dns, e) = fails(zone, "intake.test").await;
     assert_temporary(&e, "mx1.intake.test A - ServFail");
 }
 
@@ -261,12 +233,7 @@ async fn aaaa_only_mx_host_gives_an_ipv6_target() {
     let zone = Zone::new()
         .mx("intake.test", &[(10, "mx6.intake.test")])
         .ip("mx6.intake.test", &["::1"]);
-    let dns = FakeDns::start(zone).await;
-    let targets = router(&dns, Route::Dns)
-        .await
-        .targets("intake.test")
-        .await
-        .expect("targets");
+    let (_dns, targets) = resolves(zone, "intake.test").await;
     assert_eq!(targets, vec![target("[::1]:25", "mx6.intake.test")]);
 }
 
@@ -275,12 +242,7 @@ async fn dual_stack_mx_host_gives_both_families_ipv4_first() {
     let zone = Zone::new()
         .mx("intake.test", &[(10, "mx.intake.test")])
         .ip("mx.intake.test", &["::1", "127.0.0.1"]);
-    let dns = FakeDns::start(zone).await;
-    let targets = router(&dns, Route::Dns)
-        .await
-        .targets("intake.test")
-        .await
-        .expect("targets");
+    let (_dns, targets) = resolves(zone, "intake.test").await;
     assert_eq!(
         targets,
         vec![

@@ -209,7 +209,7 @@ pub fn open(
 }
 
 /// What is in the queue right now, for `status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueStatus {
     pub journals: usize,
     pub bytes: u64,
