@@ -24,6 +24,7 @@ integration/install-deps). Python standard library only, so that Debian's
 import json
 import os
 import re
+import tempfile
 import signal
 import socket
 import subprocess
@@ -314,8 +315,11 @@ class Stack:
     BASE/stack.json at once, so stop_all() (or `lab --down` from another process)
     can undo a bring-up that failed or was interrupted half way."""
 
-    def __init__(self, base, ports=None, milter_bin=None):
+    def __init__(self, base, ports=None, milter_bin=None, intake_args=()):
         self.base = Path(base).resolve()
+        # Extra tls_sink.py options, e.g. the SETD intake's limits (--tls12-only,
+        # --max-msgs 10).
+        self.intake_args = [str(a) for a in intake_args]
         self.tls_dir = self.base / "tls"
         self.relay_dir = self.base / "relay"
         self.intake_dir = self.base / "intake"
@@ -516,7 +520,7 @@ class Stack:
         port = self.ports["intake"]
         self.spawn("tls-sink", [PYTHON, HERE / "tls_sink.py", "--port", port,
                                 "--cert", self.tls_dir / "intake.crt", "--key", self.tls_dir / "intake.key",
-                                "--outdir", self.intake_dir],
+                                "--outdir", self.intake_dir, *self.intake_args],
                    self.log_dir / "tls_sink.log")
         self.wait_listening(port, "tls-sink")
 
@@ -597,12 +601,18 @@ class Stack:
         Postfix's queue ID."""
         if re.search(rb"(?<!\r)\n", message) or not message.endswith(b"\r\n"):
             raise ValueError("message must use CRLF line endings and end with CRLF")
-        data = self.base / "swaks-data.tmp"
+        # One data file per call, so that sends may run in parallel.
+        fd, name = tempfile.mkstemp(prefix="swaks-data-", suffix=".tmp", dir=self.base)
+        os.close(fd)
+        data = Path(name)
         data.write_bytes(dot_stuff(message) + b".")  # swaks adds the final CRLF
         argv = [SWAKS, "--server", "127.0.0.1:%d" % self.ports["smtpd"], "--ehlo", "client.example.net",
                 "--from", mail_from or "<>", "--to", ",".join(recipients), "--timeout", str(timeout),
                 "--no-data-fixup", "--data", "@%s" % data]
-        transcript = run(argv)
+        try:
+            transcript = run(argv)
+        finally:
+            data.unlink(missing_ok=True)
         m = re.search(r"<-  250 .*queued as ([0-9A-Za-z]+)", transcript)
         if not m:
             raise StackError("no queue ID in Postfix's reply:\n%s" % transcript)

@@ -245,7 +245,10 @@ impl Dialer<'_> {
             TcpStream::connect(target.address).await.map_err(io_kind)
         })
         .await
-        .map_err(|error| OpenError { error, local: None })?;
+        .map_err(|error| OpenError {
+            error,
+            local: route_source(target.address),
+        })?;
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().ok().map(|a| a.ip());
         self.establish(tcp, local, target, dcid, deadline)
@@ -348,6 +351,20 @@ impl Dialer<'_> {
             local,
         })
     }
+}
+
+/// The address our side would use towards `peer`, for a connection that never got
+/// established (the log names the interface, as the appliance does). Connecting a UDP
+/// socket only asks the kernel for a route; nothing is sent.
+fn route_source(peer: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if peer.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(any).ok()?;
+    socket.connect(peer).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
 }
 
 /// A handshake failure in words: the rustls error when there is one, EOF otherwise.
