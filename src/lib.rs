@@ -26,6 +26,7 @@ pub mod journal;
 pub mod metrics;
 pub mod milter;
 pub mod policy;
+pub mod probe;
 pub mod queue;
 pub mod reload;
 pub mod stats;

@@ -50,6 +50,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Diagnose the path to the intake (route, TCP, STARTTLS, TLS, certificate, MAIL/RCPT); sends no message
+    Probe {
+        /// The intake address to probe (default: intake_address)
+        address: Option<String>,
+        /// Print the JSON document instead
+        #[arg(long)]
+        json: bool,
+    },
     /// The tracking lines of a journal: queued, each attempt, outcome
     Track {
         /// A MID, an MTA queue ID or the original's Message-ID
@@ -82,6 +90,7 @@ fn main() -> ExitCode {
         },
         Command::Tophosts { json } => ask(&cli.config, "tophosts", json),
         Command::Status { json } => ask(&cli.config, "status", json),
+        Command::Probe { address, json } => probe(&cli.config, address.as_deref(), json),
         Command::Track { key, json } => {
             // One request is one line: a key with a line break cannot be asked for.
             if key.contains(['\r', '\n']) {
@@ -160,6 +169,38 @@ fn ask(path: &Path, request: &str, json: bool) -> ExitCode {
             );
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Exit 0 only if a journal would be accepted.
+fn probe(path: &Path, address: Option<&str>, json: bool) -> ExitCode {
+    let settings = match Settings::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tdc-milter: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tdc-milter: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(tdc_milter::probe::probe(&settings, address));
+    if json {
+        print!("{}", pretty(&report));
+    } else {
+        print!("{}", report.render());
+    }
+    if report.accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

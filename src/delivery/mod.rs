@@ -63,6 +63,27 @@ impl Deliverer {
         })
     }
 
+    /// Where journals for `domain` go, best first.
+    pub async fn route(&self, domain: &str) -> Result<Vec<Target>, DeliveryError> {
+        self.router.targets(domain).await
+    }
+
+    /// One session to one target: connect, greeting, EHLO, STARTTLS, EHLO.
+    pub async fn open(
+        &self,
+        target: &Target,
+        dcid: u64,
+        deadline: Instant,
+    ) -> Result<smtp::Session, smtp::OpenError> {
+        let dialer = smtp::Dialer {
+            helo_name: &self.helo_name,
+            connector: &self.connector,
+            timeouts: self.timeouts,
+            log: &self.log,
+        };
+        dialer.open(target, dcid, deadline).await
+    }
+
     /// Opens a session to the intake of `domain`, trying each route target in turn
     /// while the failure is a network one before any transaction. `deadline` caps every
     /// stage: it is the lifetime of the first journal the connection is opened for.
@@ -71,7 +92,7 @@ impl Deliverer {
         domain: &str,
         deadline: Instant,
     ) -> Result<Connection<'_>, DeliveryError> {
-        let targets = match self.router.targets(domain).await {
+        let targets = match self.route(domain).await {
             Ok(t) => t,
             Err(e) => {
                 if let Kind::DnsPermanent(detail) | Kind::DnsTemporary(detail) = &e.kind {
@@ -83,13 +104,7 @@ impl Deliverer {
         let mut last_error = None;
         for target in &targets {
             let dcid = self.next_dcid.fetch_add(1, Ordering::Relaxed);
-            let dialer = smtp::Dialer {
-                helo_name: &self.helo_name,
-                connector: &self.connector,
-                timeouts: self.timeouts,
-                log: &self.log,
-            };
-            match dialer.open(target, dcid, deadline).await {
+            match self.open(target, dcid, deadline).await {
                 Ok(session) => {
                     return Ok(Connection {
                         deliverer: self,

@@ -212,6 +212,9 @@ fn positive(code: u16) -> bool {
 pub struct Session {
     wire: Wire<TlsStream<TcpStream>>,
     caps: Capabilities,
+    /// Negotiated TLS version and cipher, as logged.
+    pub tls_protocol: String,
+    pub tls_cipher: String,
     timeouts: Timeouts,
     pub dcid: u64,
     pub peer: SocketAddr,
@@ -345,6 +348,8 @@ impl Dialer<'_> {
         Ok(Session {
             wire,
             caps,
+            tls_protocol: protocol,
+            tls_cipher: cipher,
             timeouts,
             dcid,
             peer: target.address,
@@ -476,6 +481,38 @@ impl Session {
         )
         .await?;
         expect(Stage::Message, reply, positive)
+    }
+
+    /// MAIL FROM and RCPT TO only, then RSET: would the intake take a journal? (probe).
+    /// The replies come back whatever they are; only a broken connection is an error.
+    pub async fn try_envelope(
+        &mut self,
+        from: &str,
+        to: &str,
+        deadline: Instant,
+    ) -> Result<(Reply, Option<Reply>), DeliveryError> {
+        let t = self.timeouts;
+        let wire = &mut self.wire;
+        let mail = format!("MAIL FROM:<{from}>\r\n");
+        let mail_reply = staged(Stage::Mail, t.command, deadline, async {
+            wire.write(mail.as_bytes()).await?;
+            wire.read_reply().await
+        })
+        .await?;
+        let rcpt_reply = if positive(mail_reply.code) {
+            let rcpt = format!("RCPT TO:<{to}>\r\n");
+            Some(
+                staged(Stage::Rcpt, t.command, deadline, async {
+                    wire.write(rcpt.as_bytes()).await?;
+                    wire.read_reply().await
+                })
+                .await?,
+            )
+        } else {
+            None
+        };
+        self.reset(deadline).await?;
+        Ok((mail_reply, rcpt_reply))
     }
 
     /// RSET between transactions on one connection.
