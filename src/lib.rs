@@ -94,7 +94,10 @@ pub async fn run_with(
     reload: mpsc::Receiver<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let tracker = Arc::new(tracking::Tracker::new(settings.tracking.max_journals));
+    let tracker = Arc::new(tracking::Tracker::new(
+        settings.tracking.max_journals,
+        settings.tracking.max_age,
+    ));
     let log = log.with_tap(tracker.clone());
     let grace = settings.delivery.shutdown_grace;
     let deliverer = delivery::Deliverer::new(&settings, log.clone()).map_err(RunError::Delivery)?;

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +15,8 @@ use crate::tdclog::{Event, Tap};
 
 /// How many journals the store keeps by default; the oldest are dropped first.
 pub const DEFAULT_CAPACITY: usize = 10_000;
+/// How long a journal's lines are kept by default.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Lines kept per journal; a journal has a dozen at most in practice.
 const MAX_LINES: usize = 64;
 
@@ -43,6 +45,7 @@ struct Store {
 
 pub struct Tracker {
     capacity: usize,
+    max_age: Duration,
     store: Mutex<Store>,
 }
 
@@ -71,9 +74,10 @@ fn mid_of(event: &Event<'_>) -> Option<u64> {
 }
 
 impl Tracker {
-    pub fn new(capacity: usize) -> Tracker {
+    pub fn new(capacity: usize, max_age: Duration) -> Tracker {
         Tracker {
             capacity: capacity.max(1),
+            max_age,
             store: Mutex::new(Store::default()),
         }
     }
@@ -131,10 +135,19 @@ impl Tap for Tracker {
                 // a restart without its recovery line) are not worth a stub entry.
                 _ => return,
             };
-            while store.order.len() >= self.capacity {
-                if let Some(old) = store.order.pop_front() {
-                    store.journals.remove(&old);
+            // Oldest first: over the count, or queued longer ago than the age limit.
+            let oldest_kept = now().saturating_sub(self.max_age.as_secs());
+            while let Some(&old) = store.order.front() {
+                let too_old = store
+                    .journals
+                    .get(&old)
+                    .and_then(|j| j.lines.first())
+                    .is_some_and(|l| l.at < oldest_kept);
+                if store.order.len() < self.capacity && !too_old {
+                    break;
                 }
+                store.order.pop_front();
+                store.journals.remove(&old);
             }
             store.order.push_back(mid);
             store.journals.insert(
@@ -185,7 +198,7 @@ mod tests {
 
     #[test]
     fn finds_by_mid_queue_id_and_message_id() {
-        let t = Tracker::new(10);
+        let t = Tracker::new(10, DEFAULT_MAX_AGE);
         enqueue(&t, 1, "Q1", "<a@x>");
         enqueue(&t, 2, "Q1", "<a@x>");
         enqueue(&t, 3, "Q3", "<b@x>");
@@ -210,7 +223,7 @@ mod tests {
 
     #[test]
     fn the_store_is_bounded_oldest_first() {
-        let t = Tracker::new(2);
+        let t = Tracker::new(2, DEFAULT_MAX_AGE);
         enqueue(&t, 1, "Q1", "");
         enqueue(&t, 2, "Q2", "");
         enqueue(&t, 3, "Q3", "");
@@ -220,5 +233,20 @@ mod tests {
         let d = Event::Delivered { mid: 1 };
         t.event(&d, &d.to_string());
         assert!(t.find("1").is_empty());
+    }
+
+    #[test]
+    fn journals_older_than_the_age_limit_are_dropped() {
+        let t = Tracker::new(100, Duration::ZERO);
+        enqueue(&t, 1, "Q1", "");
+        // Backdate the first journal's lines past any age limit.
+        if let Ok(mut store) = t.store.lock() {
+            if let Some(j) = store.journals.get_mut(&1) {
+                j.lines[0].at = 0;
+            }
+        }
+        enqueue(&t, 2, "Q2", "");
+        assert!(t.find("1").is_empty());
+        assert_eq!(t.find("2").len(), 1);
     }
 }

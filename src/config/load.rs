@@ -178,6 +178,7 @@ struct RawLevels {
 #[serde(deny_unknown_fields)]
 struct RawTracking {
     max_journals: Option<Spanned<usize>>,
+    max_age: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -607,11 +608,17 @@ impl Loader<'_> {
             },
         };
         let metrics = self.metrics(raw.metrics.unwrap_or_default())?;
+        let raw_tracking = raw.tracking.unwrap_or_default();
         let tracking = TrackingSettings {
             max_journals: self.at_least_one(
-                &raw.tracking.unwrap_or_default().max_journals,
+                &raw_tracking.max_journals,
                 "tracking.max_journals",
                 crate::tracking::DEFAULT_CAPACITY,
+            )?,
+            max_age: self.duration(
+                &raw_tracking.max_age,
+                "tracking.max_age",
+                crate::tracking::DEFAULT_MAX_AGE,
             )?,
         };
         let (policies, connector_at) = self.policies(raw.policies)?;

@@ -147,6 +147,8 @@ pub struct ControlSettings {
 pub struct TrackingSettings {
     /// Journals whose lines are kept; the oldest are dropped first.
     pub max_journals: usize,
+    /// Lines of journals queued longer ago than this are dropped.
+    pub max_age: Duration,
 }
 
 /// The Prometheus endpoint.

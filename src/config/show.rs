@@ -110,6 +110,7 @@ pub fn values(s: &Settings) -> Vec<(String, String)> {
             s.metrics.listen.map_or("off".into(), |a| a.to_string()),
         ),
         ("tracking.max_journals", s.tracking.max_journals.to_string()),
+        ("tracking.max_age", duration(s.tracking.max_age)),
     ];
     for (i, p) in s.policies.iter().enumerate() {
         let connector = match &p.connector {
