@@ -20,13 +20,14 @@ import stack as stack_module  # noqa: E402
 _stacks = []
 
 
-@pytest.fixture(scope="session")
-def stack(request):
+def running_stack(request, prefix, **options):
+    """A stack in a fresh world-searchable temporary directory, up for the fixture's
+    scope; its files are kept when a test failed (or TDC_KEEP_STACK is set)."""
     if os.geteuid() != 0:
         pytest.skip("the real-Postfix tests need root (Postfix, smtp-sink -u postfix)")
-    base = tempfile.mkdtemp(prefix="tdc-milter-it-")
+    base = tempfile.mkdtemp(prefix=prefix)
     os.chmod(base, 0o755)  # Postfix runs as user postfix and must reach it
-    s = stack_module.Stack(base)
+    s = stack_module.Stack(base, **options)
     _stacks.append(s)
     try:
         s.up()
@@ -39,6 +40,17 @@ def stack(request):
         print("\nstack files kept in %s" % base)
     else:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack(request):
+    yield from running_stack(request, "tdc-milter-it-")
+
+
+@pytest.fixture(scope="module")
+def limited_stack(request):
+    """The SETD intake's documented limits: TLS 1.2 only, 10 messages per connection."""
+    yield from running_stack(request, "tdc-milter-limits-", intake_args=["--tls12-only", "--max-msgs", "10"])
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,22 +19,6 @@ import pytest
 import stack as stack_module
 
 BURST = 25
-
-
-@pytest.fixture(scope="module")
-def limited_stack():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (Postfix, smtp-sink -u postfix)")
-    base = tempfile.mkdtemp(prefix="tdc-milter-limits-")
-    os.chmod(base, 0o755)
-    s = stack_module.Stack(base, intake_args=["--tls12-only", "--max-msgs", "10"])
-    try:
-        s.up()
-    except stack_module.StackError as e:
-        pytest.fail("could not bring up the stack: %s\n%s" % (e, s.diagnostics()), pytrace=False)
-    yield s
-    s.stop_all()
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def message(n):
