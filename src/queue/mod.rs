@@ -386,9 +386,14 @@ impl Shared {
     /// The next ready journal for a worker of `domain`, marked in flight.
     fn take(&self, domain: &str) -> Option<(SpoolEntry, Instant)> {
         let mut state = self.lock();
+        let now = Instant::now();
         loop {
             let mid = state.ready.get_mut(domain)?.pop_front()?;
             if let Some(q) = state.journals.get_mut(&mid) {
+                // Past its lifetime: the scheduler's expiry takes it, no attempt is made.
+                if q.deadline <= now {
+                    continue;
+                }
                 q.in_flight = true;
                 return Some((q.entry.clone(), q.deadline));
             }
