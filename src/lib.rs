@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use config::Settings;
 use stats::Stats;
-use tdclog::{Event, Log, Severity};
+use tdclog::{Event, Log};
 use tokio::sync::mpsc;
 
 #[derive(Debug)]
@@ -114,12 +114,7 @@ pub async fn run_with(
             Arc::new(control::Controller::new(queue.clone(), tracker.clone())),
         ))),
         Err(e) => {
-            log.line(
-                Severity::Warning,
-                &format!(
-                    "TDC: control socket not available ({e}); tophosts and status will not answer"
-                ),
-            );
+            log.event(Event::ControlUnavailable { error: &e });
             None
         }
     };
@@ -128,18 +123,14 @@ pub async fn run_with(
         Some(address) => match metrics::bind(address).await {
             Ok(listener) => {
                 let bound = listener.local_addr().map_or(address, |a| a);
-                log.line(
-                    Severity::Info,
-                    &format!("TDC: metrics on http://{bound}/metrics"),
-                );
+                log.event(Event::MetricsListening {
+                    address: &bound.to_string(),
+                });
                 let registry = Arc::new(metrics::registry(queue.clone()));
                 Some(tokio::spawn(metrics::serve(listener, registry)))
             }
             Err(e) => {
-                log.line(
-                    Severity::Warning,
-                    &format!("TDC: metrics not available: {e}"),
-                );
+                log.event(Event::MetricsUnavailable { error: &e });
                 None
             }
         },
@@ -149,7 +140,7 @@ pub async fn run_with(
         let _ = delivery_stopped.await;
     }));
 
-    let listen = describe_socket(&settings);
+    let listen = settings.milter.listen.to_string();
     log.event(Event::Starting {
         version: env!("CARGO_PKG_VERSION"),
         listen: &listen,
@@ -169,10 +160,7 @@ pub async fn run_with(
         // Dropping the handle would leave the workers running; what they had in hand
         // stays in the spool and goes out after the next start.
         delivering.abort();
-        log.line(
-            Severity::Warning,
-            "TDC: deliveries still running at shutdown were abandoned; their journals stay in the spool",
-        );
+        log.event(Event::DeliveriesAbandoned);
     }
     if let Some(task) = controlling {
         task.abort();
@@ -183,14 +171,4 @@ pub async fn run_with(
     }
     log.event(Event::Stopping);
     served.map_err(RunError::Milter)
-}
-
-fn describe_socket(settings: &Settings) -> String {
-    match &settings.milter.listen {
-        config::SocketSpec::Inet { host, port } if host.contains(':') => {
-            format!("inet:[{host}]:{port}")
-        }
-        config::SocketSpec::Inet { host, port } => format!("inet:{host}:{port}"),
-        config::SocketSpec::Unix(path) => format!("unix:{}", path.display()),
-    }
 }

@@ -139,6 +139,23 @@ pub enum Event<'a> {
     ReloadRefused {
         error: &'a str,
     },
+    /// The control socket could not be set up; journaling goes on without it.
+    ControlUnavailable {
+        error: &'a str,
+    },
+    MetricsListening {
+        address: &'a str,
+    },
+    MetricsUnavailable {
+        error: &'a str,
+    },
+    /// Shutdown grace period over with deliveries still running.
+    DeliveriesAbandoned,
+    /// The spool failed for one journal (read, rename, remove).
+    SpoolFailure {
+        mid: u64,
+        error: &'a str,
+    },
     /// Why an attempt failed, in our words, before the appliance's outcome line.
     FailureDetail {
         mid: u64,
@@ -160,7 +177,11 @@ impl Event<'_> {
             Event::TlsVerifyOff
             | Event::NotJournaled { .. }
             | Event::DamagedSpoolFile { .. }
-            | Event::ReloadRefused { .. } => Severity::Warning,
+            | Event::ReloadRefused { .. }
+            | Event::ControlUnavailable { .. }
+            | Event::MetricsUnavailable { .. }
+            | Event::DeliveriesAbandoned => Severity::Warning,
+            Event::SpoolFailure { .. } => Severity::Critical,
             _ => Severity::Info,
         }
     }
@@ -291,6 +312,26 @@ impl fmt::Display for Event<'_> {
             Event::ReloadRefused { error } => write!(
                 f,
                 "TDC: settings not reloaded, the previous settings stay in force: {}",
+                sanitize(error)
+            ),
+            Event::ControlUnavailable { error } => write!(
+                f,
+                "TDC: control socket not available ({}); tophosts, status and track will not answer",
+                sanitize(error)
+            ),
+            Event::MetricsListening { address } => {
+                write!(f, "TDC: metrics on http://{address}/metrics")
+            }
+            Event::MetricsUnavailable { error } => {
+                write!(f, "TDC: metrics not available: {}", sanitize(error))
+            }
+            Event::DeliveriesAbandoned => write!(
+                f,
+                "TDC: deliveries still running at shutdown were abandoned; their journals stay in the spool"
+            ),
+            Event::SpoolFailure { mid, error } => write!(
+                f,
+                "TDC: MID {mid}: spool failure: {}; if the file stays, the journal is delivered again after a restart",
                 sanitize(error)
             ),
             Event::FailureDetail { mid, detail } => {

@@ -68,7 +68,8 @@ fn mid_of(event: &Event<'_>) -> Option<u64> {
         | Event::Bounced { mid, .. }
         | Event::FailureDetail { mid, .. }
         | Event::RetryScheduled { mid, .. }
-        | Event::Expired { mid, .. } => Some(*mid),
+        | Event::Expired { mid, .. }
+        | Event::SpoolFailure { mid, .. } => Some(*mid),
         _ => None,
     }
 }

@@ -53,6 +53,9 @@ async fn a_backlog_is_spread_over_bounded_connections_with_a_limit_per_connectio
     let peak = intake.peak_concurrent();
     assert!((3..=4).contains(&peak), "peak {peak} connections");
 
+    // Stopping waits for the workers, so every QUIT has been sent by then.
+    let stats = daemon.stats.clone();
+    daemon.stop().await;
     // RSET between journals on one connection, QUIT at the end of every connection.
     for c in 0..intake.connections() {
         let transcript = intake.transcript(c);
@@ -72,12 +75,11 @@ async fn a_backlog_is_spread_over_bounded_connections_with_a_limit_per_connectio
             "connection {c}: {transcript:?}"
         );
     }
-    let stats = daemon.stats.snapshot();
+    let stats = stats.snapshot();
     assert_eq!(
         (stats.delivered, stats.active, stats.connections),
         (N as u64, 0, 0)
     );
-    daemon.stop().await;
     intake.shutdown().await;
 }
 
@@ -91,13 +93,14 @@ async fn one_journal_opens_one_connection_and_closes_it() {
     daemon.wait_for_log("Message finished MID 1 done", 1).await;
     // Give a wrongly eager pool the chance to open more.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = daemon.stats.clone();
+    daemon.stop().await;
     assert_eq!(intake.connections(), 1);
     assert_eq!(
         intake.transcript(0).last().map(String::as_str),
         Some("QUIT")
     );
-    assert_eq!(daemon.stats.snapshot().connections, 0);
-    daemon.stop().await;
+    assert_eq!(stats.snapshot().connections, 0);
     intake.shutdown().await;
 }
 

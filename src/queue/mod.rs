@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::config::Settings;
 use crate::delivery::{Deliverer, DeliveryError, FailureClass, Job, Kind, Reply};
 use crate::stats::Stats;
-use crate::tdclog::{self, Event, Log, Severity};
+use crate::tdclog::{self, Event, Log};
 use retry::Decision;
 use spool::{Spool, SpoolEntry, SpoolError};
 
@@ -360,13 +360,10 @@ impl Shared {
     fn remove_from_spool(&self, entry: &SpoolEntry) {
         if let Err(e) = self.spool.remove(entry) {
             // Left on disk it would be delivered again after a restart: say so loudly.
-            self.log.line(
-                Severity::Critical,
-                &format!(
-                    "TDC: MID {}: {e}; it may be delivered again after a restart",
-                    entry.mid
-                ),
-            );
+            self.log.event(Event::SpoolFailure {
+                mid: entry.mid,
+                error: &e.to_string(),
+            });
         }
     }
 
@@ -442,8 +439,10 @@ impl Shared {
         match retry::decide(error.class(), attempts, self.limits.retry_delay) {
             Decision::Retry(delay) => {
                 if let Err(e) = self.spool.record_attempt(&entry, attempts) {
-                    self.log
-                        .line(Severity::Critical, &format!("TDC: MID {mid}: {e}"));
+                    self.log.event(Event::SpoolFailure {
+                        mid,
+                        error: &e.to_string(),
+                    });
                 }
                 self.log.event(Event::RetryScheduled {
                     mid,
@@ -702,9 +701,10 @@ async fn run_connection(shared: &Shared, domain: &str) {
         let job = match load_job(shared, &entry, deadline).await {
             Ok(job) => job,
             Err(e) => {
-                shared
-                    .log
-                    .line(Severity::Critical, &format!("TDC: MID {}: {e}", entry.mid));
+                shared.log.event(Event::SpoolFailure {
+                    mid: entry.mid,
+                    error: &e.to_string(),
+                });
                 shared.finish(
                     entry.mid,
                     Err(DeliveryError::new(
