@@ -8,7 +8,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
 use smtp_proto::response::parser::ResponseReceiver;
 use smtp_proto::{EhloResponse, EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_START_TLS};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -124,16 +123,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         parse_reply(&raw)
     }
 
-    /// Sends `EHLO name` and returns the server's positive reply, raw (parse it with
-    /// [`parse_ehlo`] and [`ehlo_keywords`]).
-    async fn ehlo(&mut self, command: &str) -> Result<Vec<u8>, Kind> {
+    /// Sends `EHLO name` and returns what the server offers.
+    async fn ehlo(&mut self, command: &str) -> Result<Capabilities, Kind> {
         self.write(command.as_bytes()).await?;
         let raw = self.read_raw_reply().await?;
         let reply = parse_reply(&raw)?;
         if !positive(reply.code) {
             return Err(Kind::Reply(reply));
         }
-        Ok(raw)
+        Ok(parse_ehlo(&raw))
     }
 }
 
@@ -160,17 +158,6 @@ fn parse_ehlo(raw: &[u8]) -> Capabilities {
         },
         Err(_) => Capabilities::default(),
     }
-}
-
-/// The EHLO keywords as the server wrote them (`SIZE 52428800`), without the first
-/// line (the server's name), sanitised for display.
-fn ehlo_keywords(raw: &[u8]) -> Vec<String> {
-    raw.split(|&b| b == b'\n')
-        .skip(1)
-        .filter_map(|line| line.get(4..))
-        .map(|keyword| crate::tdclog::sanitize_bytes(keyword.trim_ascii()))
-        .filter(|keyword| !keyword.is_empty())
-        .collect()
 }
 
 fn one_line(text: &str) -> String {
@@ -241,40 +228,6 @@ pub struct OpenError {
     pub local: Option<IpAddr>,
 }
 
-/// A stage that opening a session got through, as it happens: `tdc-milter probe`
-/// reports each one. A failure is not a milestone; it is the [`OpenError`].
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Milestone<'a> {
-    /// TCP is up; our side's address, if the system says.
-    Connected { local: Option<IpAddr> },
-    /// The server's 220 greeting.
-    Greeting(&'a Reply),
-    /// EHLO before TLS was answered: what the server offers (`STARTTLS`, `SIZE 1000`, …).
-    Ehlo {
-        capabilities: Capabilities,
-        keywords: &'a [String],
-    },
-    /// The server's 220 to STARTTLS.
-    StartTls(&'a Reply),
-    /// The TLS handshake failed with this rustls error (the opening then fails with
-    /// [`Kind::Tls`] carrying its text). Not seen when the handshake ends without one
-    /// (the connection closed, a timeout).
-    TlsFailed(&'a rustls::Error),
-    /// The handshake succeeded: version, cipher, and the server's certificate chain
-    /// (leaf first) as presented.
-    Tls {
-        protocol: &'a str,
-        cipher: &'a str,
-        certificates: &'a [CertificateDer<'static>],
-    },
-    /// EHLO inside TLS was answered; the session is open.
-    TlsEhlo {
-        capabilities: Capabilities,
-        keywords: &'a [String],
-    },
-}
-
 /// What every session to the intake is opened with.
 pub struct Dialer<'a> {
     pub helo_name: &'a str,
@@ -291,19 +244,6 @@ impl Dialer<'_> {
         dcid: u64,
         deadline: Instant,
     ) -> Result<Session, OpenError> {
-        self.open_observed(target, dcid, deadline, &mut |_| {})
-            .await
-    }
-
-    /// [`Dialer::open`], showing `observe` each [`Milestone`] as the session gets
-    /// through it (`tdc-milter probe`). Delivery opens sessions the same way, unobserved.
-    pub async fn open_observed(
-        &self,
-        target: &Target,
-        dcid: u64,
-        deadline: Instant,
-        observe: &mut (dyn FnMut(Milestone<'_>) + Send),
-    ) -> Result<Session, OpenError> {
         let tcp = staged(Stage::Connect, self.timeouts.connect, deadline, async {
             TcpStream::connect(target.address).await.map_err(io_kind)
         })
@@ -314,8 +254,7 @@ impl Dialer<'_> {
         })?;
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().ok().map(|a| a.ip());
-        observe(Milestone::Connected { local });
-        self.establish(tcp, local, target, dcid, deadline, observe)
+        self.establish(tcp, local, target, dcid, deadline)
             .await
             .map_err(|error| OpenError { error, local })
     }
@@ -327,7 +266,6 @@ impl Dialer<'_> {
         target: &Target,
         dcid: u64,
         deadline: Instant,
-        observe: &mut (dyn FnMut(Milestone<'_>) + Send),
     ) -> Result<Session, DeliveryError> {
         let Dialer {
             helo_name,
@@ -352,16 +290,10 @@ impl Dialer<'_> {
             plain.read_reply(),
         )
         .await?;
-        let greeting = expect(Stage::Greeting, greeting, |c| c == 220)?;
-        observe(Milestone::Greeting(&greeting));
+        expect(Stage::Greeting, greeting, |c| c == 220)?;
 
         let ehlo = format!("EHLO {helo_name}\r\n");
-        let raw = staged(Stage::Ehlo, timeouts.command, deadline, plain.ehlo(&ehlo)).await?;
-        let caps = parse_ehlo(&raw);
-        observe(Milestone::Ehlo {
-            capabilities: caps,
-            keywords: &ehlo_keywords(&raw),
-        });
+        let caps = staged(Stage::Ehlo, timeouts.command, deadline, plain.ehlo(&ehlo)).await?;
         if !caps.starttls {
             return Err(DeliveryError::new(
                 Stage::Ehlo,
@@ -374,8 +306,7 @@ impl Dialer<'_> {
             plain.read_reply().await
         })
         .await?;
-        let reply = expect(Stage::StartTls, reply, |c| c == 220)?;
-        observe(Milestone::StartTls(&reply));
+        expect(Stage::StartTls, reply, |c| c == 220)?;
         // Bytes that arrived after the 220 were sent before encryption: accepting them
         // would let a man in the middle inject commands into the TLS session.
         if !plain.io.buffer().is_empty() {
@@ -395,18 +326,13 @@ impl Dialer<'_> {
                 )),
             ));
         };
-        let mut failure: Option<rustls::Error> = None;
-        let handshake = staged(Stage::TlsHandshake, timeouts.command, deadline, async {
-            connector.connect(name, tcp).await.map_err(|e| {
-                failure = rustls_error(&e).cloned();
-                Kind::Tls(handshake_error(&e))
-            })
+        let stream = staged(Stage::TlsHandshake, timeouts.command, deadline, async {
+            connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| Kind::Tls(handshake_error(&e)))
         })
-        .await;
-        if let Some(e) = &failure {
-            observe(Milestone::TlsFailed(e));
-        }
-        let stream = handshake?;
+        .await?;
         let (_, conn) = stream.get_ref();
         let protocol = tls::protocol_name(conn.protocol_version());
         let cipher = tls::cipher_name(conn.negotiated_cipher_suite().map(|s| s.suite()));
@@ -415,19 +341,9 @@ impl Dialer<'_> {
             protocol: &protocol,
             cipher: &cipher,
         });
-        observe(Milestone::Tls {
-            protocol: &protocol,
-            cipher: &cipher,
-            certificates: conn.peer_certificates().unwrap_or_default(),
-        });
 
         let mut wire = Wire::new(stream);
-        let raw = staged(Stage::TlsEhlo, timeouts.command, deadline, wire.ehlo(&ehlo)).await?;
-        let caps = parse_ehlo(&raw);
-        observe(Milestone::TlsEhlo {
-            capabilities: caps,
-            keywords: &ehlo_keywords(&raw),
-        });
+        let caps = staged(Stage::TlsEhlo, timeouts.command, deadline, wire.ehlo(&ehlo)).await?;
 
         Ok(Session {
             wire,
@@ -456,14 +372,9 @@ fn route_source(peer: SocketAddr) -> Option<IpAddr> {
     socket.local_addr().ok().map(|a| a.ip())
 }
 
-/// The rustls error inside a failed handshake, if it was one.
-fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
-    e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
-}
-
 /// A handshake failure in words: the rustls error when there is one, EOF otherwise.
 fn handshake_error(e: &std::io::Error) -> String {
-    if let Some(inner) = rustls_error(e) {
+    if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         return inner.to_string();
     }
     match e.kind() {
@@ -617,22 +528,15 @@ impl Session {
 
     /// QUIT politely; the outcome of the journals is already decided, so errors here are
     /// of no consequence.
-    pub async fn quit(self) {
-        let _ = self.quit_reply().await;
-    }
-
-    /// [`Session::quit`], returning the server's reply to QUIT if one came in time
-    /// (`tdc-milter probe` shows it).
-    pub async fn quit_reply(mut self) -> Option<Reply> {
+    pub async fn quit(mut self) {
         let wire = &mut self.wire;
-        let reply = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
             wire.write(b"QUIT\r\n").await?;
             wire.read_reply().await
         })
         .await;
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.wire.io.get_mut().shutdown()).await;
-        reply.ok().and_then(Result::ok)
     }
 }
 
@@ -701,18 +605,6 @@ mod tests {
             }
         );
         assert_eq!(parse_ehlo(b"250 intake.test\r\n"), Capabilities::default());
-    }
-
-    #[test]
-    fn ehlo_keywords_as_written() {
-        assert_eq!(
-            ehlo_keywords(
-                b"250-intake.test hello\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 STARTTLS\r\n"
-            ),
-            ["SIZE 1000", "8BITMIME", "STARTTLS"]
-        );
-        assert!(ehlo_keywords(b"250 intake.test\r\n").is_empty());
-        assert_eq!(ehlo_keywords(b"250-x\r\n250 A\x07B\r\n"), ["A\\x07B"]);
     }
 
     #[tokio::test]

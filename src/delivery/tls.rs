@@ -93,33 +93,6 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsConfigError> {
     Ok(roots)
 }
 
-/// Checks a chain the server presented (leaf first) as a verifying [`client_config`]
-/// with these trust anchors would, for the server name `host`: the probe's look at a
-/// certificate that delivery does not verify (`delivery.tls.verify: false`). The error
-/// says why it would fail; trouble reading the trust anchors is a `General` error.
-pub fn check_chain(
-    ca_file: Option<&Path>,
-    certificates: &[CertificateDer<'static>],
-    host: &str,
-) -> Result<(), rustls::Error> {
-    let Some((leaf, intermediates)) = certificates.split_first() else {
-        return Err(rustls::Error::NoCertificatesPresented);
-    };
-    let Some(name) = server_name(host) else {
-        return Err(rustls::Error::General(format!(
-            "'{host}' is not a valid TLS server name"
-        )));
-    };
-    let roots = root_store(ca_file).map_err(|e| rustls::Error::General(e.to_string()))?;
-    let verifier =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-    verifier
-        .verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now())
-        .map(|_| ())
-}
-
 /// The name to verify the intake's certificate against: the MX host name, or the host
 /// as written in a static route (an IP address verifies against an IP SAN).
 pub fn server_name(host: &str) -> Option<ServerName<'static>> {
