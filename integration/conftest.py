@@ -48,9 +48,11 @@ def stack(request):
 
 
 @pytest.fixture(scope="module")
-def limited_stack(request):
-    """The SETD intake's documented limits: TLS 1.2 only, 10 messages per connection."""
-    yield from running_stack(request, "tdc-milter-limits-", intake_args=["--tls12-only", "--max-msgs", "10"])
+def busy_limited_stack(request):
+    """The SETD intake's limits, and an intake that takes 0.1 s over each journal, so
+    that a burst of journals waits in the queue (connection reuse, more connections)."""
+    yield from running_stack(request, "tdc-milter-busy-",
+                             intake_args=["--tls12-only", "--max-msgs", "10", "--data-delay", "0.1"])
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -26,6 +26,7 @@ import os
 import re
 import tempfile
 import signal
+import smtplib
 import socket
 import subprocess
 import time
@@ -618,6 +619,32 @@ class Stack:
             raise StackError("no queue ID in Postfix's reply:\n%s" % transcript)
         return m.group(1)
 
+    def send_session(self, mail_from, recipients, messages, timeout=30):
+        """Sends several messages (bytes, CRLF line endings) through Postfix in one
+        SMTP session, as a busy client does: much faster than one swaks per message,
+        for bursts. smtplib does the dot-stuffing. Returns Postfix's queue IDs, in
+        order."""
+        queue_ids = []
+        with smtplib.SMTP("127.0.0.1", self.ports["smtpd"], local_hostname="client.example.net",
+                          timeout=timeout) as smtp:
+            smtp.ehlo()
+            for message in messages:
+                if re.search(rb"(?<!\r)\n", message) or not message.endswith(b"\r\n"):
+                    raise ValueError("message must use CRLF line endings and end with CRLF")
+                code, reply = smtp.mail(mail_from or "<>")
+                if code != 250:
+                    raise StackError("MAIL FROM refused: %d %s" % (code, reply.decode(errors="replace")))
+                for rcpt in recipients:
+                    code, reply = smtp.rcpt(rcpt)
+                    if code not in (250, 251):
+                        raise StackError("RCPT TO:<%s> refused: %d %s" % (rcpt, code, reply.decode(errors="replace")))
+                code, reply = smtp.data(message)
+                m = re.search(r"queued as ([0-9A-Za-z]+)", reply.decode(errors="replace"))
+                if code != 250 or not m:
+                    raise StackError("no queue ID in Postfix's reply: %d %s" % (code, reply.decode(errors="replace")))
+                queue_ids.append(m.group(1))
+        return queue_ids
+
     def relayed(self):
         """{Postfix queue ID: (trace, received, message)} for the originals that
         reached smtp-sink.
@@ -651,6 +678,13 @@ class Stack:
     def milter_log_text(self):
         try:
             return self.milter_log.read_bytes().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def intake_log_text(self):
+        """The TLS sink's output: its 421s and its closed connections (tls_sink.py)."""
+        try:
+            return (self.log_dir / "tls_sink.log").read_bytes().decode("utf-8", errors="replace")
         except OSError:
             return ""
 

@@ -6,17 +6,23 @@ Run it with Debian's /usr/bin/python3 (it needs the python3-aiosmtpd package):
     tls_sink.py --port 4650 --cert intake.crt --key intake.key --outdir DIR
 
 Every message it accepts is stored as DIR/<n>.eml (the DATA bytes exactly as
-received, dot-stuffing removed) and DIR/<n>.json (envelope and TLS facts).  The
-.json file is written last, and both files appear by rename, so a reader that
-sees <n>.json can read both files whole.
+received, dot-stuffing removed) and DIR/<n>.json (envelope and TLS facts, and the
+connection it came on: "connection" numbers the TCP connections this sink process
+accepted, "message_on_connection" counts the messages stored on that one, from 1).
+The .json file is written last, and both files appear by rename, so a reader that
+sees <n>.json can read both files whole.  Each connection's opening and closing
+and each 421 the sink sends are logged on stdout, in the order they happened.
 
 Fault injection, keyed on the recipient's local part: "tempfail" gets a 451,
 "permfail" a 550.  --tls12-only caps TLS at 1.2; --max-msgs N answers the
 (N+1)th MAIL FROM on one connection with 421 and closes it (the limits the real
-intake documents).  SIGTERM or SIGINT stops the sink.
+intake documents).  --data-delay S waits S seconds before it answers each final
+dot, like a busy intake, so that a burst of journals builds a backlog.  SIGTERM or
+SIGINT stops the sink.
 """
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -25,6 +31,7 @@ import ssl
 import sys
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 ENVELOPE_FILE = re.compile(r"^(\d+)\.json$")
 
@@ -54,15 +61,63 @@ def tls_facts(server, session):
     return {"version": ssl_object.version(), "cipher": ssl_object.cipher()[0]}
 
 
+def log(text):
+    print("tls_sink: %s" % text, flush=True)
+
+
+class IntakeSMTP(SMTP):
+    """aiosmtpd's SMTP protocol, of which there is one instance per TCP connection
+    (STARTTLS keeps it): numbers the connections and logs what the tests check."""
+
+    def __init__(self, handler, **kwargs):
+        super().__init__(handler, **kwargs)
+        self.connection = handler.new_connection()
+        self.stored = 0
+        self.opened = False
+
+    def connection_made(self, transport):
+        super().connection_made(transport)  # again after STARTTLS, on the TLS transport
+        if not self.opened:
+            self.opened = True
+            log("connection %d from %s opened" % (self.connection, self.peer_text()))
+
+    def peer_text(self):
+        peer = self.session.peer if self.session else None
+        return "%s:%s" % tuple(peer[:2]) if peer else "?"
+
+    async def push(self, status):
+        text = status.decode(errors="replace") if isinstance(status, bytes) else status
+        if text.startswith("421"):  # e.g. the --max-msgs limit: "421 4.7.0 MAIL sent too many times"
+            log("connection %d from %s, messages stored: %d, sent: %s" % (self.connection, self.peer_text(),
+                                                                          self.stored, text))
+        await super().push(status)
+
+    def connection_lost(self, error):
+        log("connection %d from %s closed, messages stored: %d" % (self.connection, self.peer_text(), self.stored))
+        super().connection_lost(error)
+
+
+class IntakeController(Controller):
+    def factory(self):
+        return IntakeSMTP(self.handler, **self.SMTP_kwargs)
+
+
 class IntakeHandler:
     FAULTS = {
         "tempfail": "451 4.3.0 simulated temporary failure",
         "permfail": "550 5.1.1 simulated permanent failure",
     }
 
-    def __init__(self, outdir):
+    def __init__(self, outdir, data_delay=0.0):
         self.outdir = outdir
+        self.data_delay = data_delay
         self.number = next_free_number(outdir)
+        self.connections = 0
+
+    def new_connection(self):
+        # Called on the event loop's thread only, like the hooks below.
+        self.connections += 1
+        return self.connections
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         fault = self.FAULTS.get(address.split("@")[0].lower())
@@ -73,7 +128,10 @@ class IntakeHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.data_delay > 0:
+            await asyncio.sleep(self.data_delay)
         n, self.number = self.number, self.number + 1
+        server.stored += 1
         content = envelope.original_content
         if content is None:
             content = envelope.content
@@ -88,6 +146,8 @@ class IntakeHandler:
             "peer": list(session.peer) if session.peer else None,
             "tls": tls_facts(server, session),
             "size": len(content),
+            "connection": server.connection,
+            "message_on_connection": server.stored,
         }
         base = os.path.join(self.outdir, str(n))
         write_atomically(base + ".eml", content)
@@ -105,6 +165,7 @@ def parse_args(argv):
     p.add_argument("--hostname", default="intake.test", help="name in the greeting")
     p.add_argument("--tls12-only", action="store_true")
     p.add_argument("--max-msgs", type=int, default=0, help="MAIL commands per connection (0: no limit)")
+    p.add_argument("--data-delay", type=float, default=0.0, help="seconds to wait before answering each final dot")
     return p.parse_args(argv)
 
 
@@ -122,8 +183,8 @@ def main(argv):
     if args.max_msgs > 0:
         limits["command_call_limit"] = {"MAIL": args.max_msgs, "*": 100000}
 
-    controller = Controller(
-        IntakeHandler(args.outdir),
+    controller = IntakeController(
+        IntakeHandler(args.outdir, args.data_delay),
         hostname=args.host,
         port=args.port,
         server_hostname=args.hostname,
