@@ -54,6 +54,18 @@ OFF_RECIPIENT = "nojournal@example.com"
 JOURNAL_SENDER = "tdc@mta.test"
 CLIENT_IP_HEADER = "X-IronPort-RemoteIP"
 
+# Settings that keep a daemon's state in the directory of its settings file (relative
+# paths are taken from there), so two daemons never share a spool, a control socket
+# or a metrics port. Shared by every settings file the tests write.
+OWN_STATE_SETTINGS = """\
+queue:
+  spool_dir: tdc-spool
+control:
+  socket: tdc-control.sock
+metrics:
+  listen: off
+"""
+
 SETTINGS_TEMPLATE = """\
 # tdc-milter settings for the integration stack (written by integration/stack.py)
 enabled: true
@@ -68,15 +80,7 @@ journal:
 delivery:
   route: ["127.0.0.1:{intake_port}"]
   tls: {{ verify: true, ca_file: {ca_file} }}
-# Everything of this daemon stays in BASE (relative paths are taken from here), so
-# stacks never share a spool, a control socket or a metrics port.
-queue:
-  spool_dir: tdc-spool
-control:
-  socket: tdc-control.sock
-metrics:
-  listen: off
-policies:
+{own_state}policies:
   - name: research
     recipients: ["{custom_domain}"]
     connector: {{ custom: {custom_intake} }}
@@ -430,6 +434,7 @@ class Stack:
                 custom_domain=CUSTOM_DOMAIN,
                 custom_intake=CUSTOM_INTAKE_ADDRESS,
                 off_recipient=OFF_RECIPIENT,
+                own_state=OWN_STATE_SETTINGS,
             )
         )
 

@@ -252,13 +252,7 @@ delivery:
   route: ["127.0.0.1:{dropped}"]
   lifetime: {lifetime}s
   retry_delay: {retry_delay}s
-queue:
-  spool_dir: tdc-spool
-control:
-  socket: tdc-control.sock
-metrics:
-  listen: off
-"""
+{own_state}"""
 
 
 def listening_in(pid, port):
@@ -313,7 +307,8 @@ def test_an_unreachable_intake_gives_the_reference_timeout_line(netns):
     try:
         settings = base / "tdc-milter.yaml"
         settings.write_text(NAMESPACE_SETTINGS.format(milter=milter_port, dropped=dropped_port,
-                                                      lifetime=LIFETIME, retry_delay=RETRY_DELAY))
+                                                      lifetime=LIFETIME, retry_delay=RETRY_DELAY,
+                                                      own_state=st.OWN_STATE_SETTINGS))
         binary = st.milter_binary()
         assert os.access(binary, os.X_OK), "no tdc-milter binary at %s (cargo build --locked)" % binary
         st.run([binary, "-c", settings, "check-config"])

@@ -30,6 +30,14 @@ fn failed_step(report: &Report) -> &str {
         .unwrap_or_else(|| panic!("no failed step in {}", report.render()))
 }
 
+/// The probe says a journal would not be accepted, names `step` in its first failed
+/// step, and says `verdict` in its verdict.
+fn assert_refused(report: &Report, step: &str, verdict: &str) {
+    assert!(!report.accepted, "{}", report.render());
+    assert!(failed_step(report).contains(step), "{}", report.render());
+    assert!(report.verdict.contains(verdict), "{}", report.render());
+}
+
 #[tokio::test]
 async fn a_healthy_intake_would_accept_and_gets_no_message() {
     let (report, intake) = probe_intake(IntakeScript::default()).await;
@@ -59,12 +67,10 @@ async fn a_healthy_intake_would_accept_and_gets_no_message() {
 #[tokio::test]
 async fn no_starttls_is_named_and_fails() {
     let (report, intake) = probe_intake(IntakeScript::default().without_starttls()).await;
-    assert!(!report.accepted);
-    assert!(failed_step(&report).contains("does not offer STARTTLS"));
-    assert!(
-        report.verdict.contains("never sends journals in plaintext"),
-        "{}",
-        report.render()
+    assert_refused(
+        &report,
+        "does not offer STARTTLS",
+        "never sends journals in plaintext",
     );
     intake.shutdown().await;
 }
@@ -79,16 +85,10 @@ async fn an_untrusted_certificate_is_explained() {
         None,
     )
     .await;
-    assert!(!report.accepted);
-    assert!(
-        failed_step(&report).contains("not signed by a CA we trust"),
-        "{}",
-        report.render()
-    );
-    assert!(
-        report.verdict.contains("delivery.tls.ca_file"),
-        "{}",
-        report.render()
+    assert_refused(
+        &report,
+        "not signed by a CA we trust",
+        "delivery.tls.ca_file",
     );
     intake.shutdown().await;
 }
@@ -104,12 +104,7 @@ async fn a_certificate_for_another_name_is_explained() {
         None,
     )
     .await;
-    assert!(!report.accepted);
-    assert!(
-        failed_step(&report).contains("not valid for the name we connected to"),
-        "{}",
-        report.render()
-    );
+    assert_refused(&report, "not valid for the name we connected to", "");
     intake.shutdown().await;
 }
 
@@ -118,13 +113,7 @@ async fn a_refused_intake_address_is_explained() {
     let (report, intake) =
         probe_intake(IntakeScript::default().on(Stage::Rcpt, reply(550, "5.1.1 no such intake")))
             .await;
-    assert!(!report.accepted);
-    assert!(failed_step(&report).contains("550 5.1.1 no such intake"));
-    assert!(
-        report.verdict.contains("Check intake_address"),
-        "{}",
-        report.render()
-    );
+    assert_refused(&report, "550 5.1.1 no such intake", "Check intake_address");
     assert!(intake.messages().is_empty());
     intake.shutdown().await;
 }
@@ -143,17 +132,7 @@ async fn an_unreachable_host_is_explained() {
         None,
     )
     .await;
-    assert!(!report.accepted);
-    assert!(
-        failed_step(&report).contains("connection refused"),
-        "{}",
-        report.render()
-    );
-    assert!(
-        report.verdict.contains("Check firewalls"),
-        "{}",
-        report.render()
-    );
+    assert_refused(&report, "connection refused", "Check firewalls");
 }
 
 #[tokio::test]
@@ -166,16 +145,10 @@ async fn a_domain_that_does_not_exist_is_explained() {
         &format!("  route: dns\n  resolver: \"{}\"", dns.addr()),
     );
     let report = probe(&settings(&yaml, dir.path()), Some("test@esa.example.com")).await;
-    assert!(!report.accepted);
-    assert!(
-        failed_step(&report).contains("esa.example.com MX - NXDomain"),
-        "{}",
-        report.render()
-    );
-    assert!(
-        report.verdict.contains("cannot receive mail"),
-        "{}",
-        report.render()
+    assert_refused(
+        &report,
+        "esa.example.com MX - NXDomain",
+        "cannot receive mail",
     );
     intake.shutdown().await;
 }
