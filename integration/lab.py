@@ -1,9 +1,11 @@
 """The lab behind ./integration/lab (which installs the packages and builds the
 daemon first; run that, not this).
 
-    lab.py up      (re)start the stack in $TDC_LAB_DIR, send the sample messages,
-                   print the daemon's log and what was journaled where; leave it running
-    lab.py --down  stop everything a lab started there (idempotent)
+    lab.py up        (re)start the stack in $TDC_LAB_DIR, send the sample messages,
+                     print the daemon's log, the tophosts view and what was journaled
+                     where; then keep the lab up until Ctrl-C (or SIGTERM), and stop it
+    lab.py --detach  the same, but leave the lab running and return
+    lab.py --down    stop everything a lab started there (idempotent)
 
 Ports are free loopback ports unless TDC_LAB_SMTPD_PORT, TDC_LAB_RELAY_PORT,
 TDC_LAB_INTAKE_PORT or TDC_LAB_MILTER_PORT say otherwise.
@@ -13,7 +15,9 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import stack as st
@@ -86,7 +90,7 @@ def interrupted(signum, frame):
     raise KeyboardInterrupt
 
 
-def up(base):
+def up(base, detach=False):
     fresh_base(base)
     stack = st.Stack(base, ports=ports_from_environment())
     try:
@@ -110,7 +114,27 @@ def up(base):
             stack.stop_all()
         return 1
 
-    return report(stack, sent)
+    status = report(stack, sent)
+    if detach:
+        print("Stop it with: ./integration/lab --down")
+        print("journals: %s" % stack.intake_dir, flush=True)
+        return status
+    print("The lab stays up until Ctrl-C (or ./integration/lab --down from another shell).")
+    print("journals: %s" % stack.intake_dir, flush=True)
+    return wait_then_stop(stack, status)
+
+
+def wait_then_stop(stack, status):
+    """Keeps the lab up while its processes live; Ctrl-C or SIGTERM stops all of them."""
+    try:
+        while stack.running():
+            time.sleep(1)
+        print("lab: the lab was stopped from elsewhere", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\nlab: stopping the lab", flush=True)
+    stack.stop_all()
+    print("lab: stopped (files kept in %s)" % stack.base, flush=True)
+    return status
 
 
 def settle(stack, queue_ids):
@@ -140,6 +164,10 @@ def report(stack, sent):
     for line in stack.milter_log_text().splitlines():
         print("  " + line)
     print()
+    print("tdc-milter tophosts:")
+    for line in tophosts(stack).splitlines():
+        print("  " + line)
+    print()
 
     journals_by_sample = {}
     for n, envelope, raw in stack.journals():
@@ -156,9 +184,16 @@ def report(stack, sent):
         print("  %-7s to %-22s queue ID %-11s -> %-36s %s" % (
             name, ",".join(recipients), sent[name], got, why if as_expected else "UNEXPECTED (%s)" % why))
     print()
-    print("Stop it with: ./integration/lab --down")
-    print("journals: %s" % stack.intake_dir)
     return 1 if surprises else 0
+
+
+def tophosts(stack):
+    """The daemon's own view of its intakes, as an admin would ask for it."""
+    argv = [str(stack.milter_bin), "-c", str(stack.settings_file), "tophosts"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        return "(tophosts failed with exit %d: %s)" % (done.returncode, done.stderr.strip())
+    return done.stdout
 
 
 def main(argv):
@@ -169,6 +204,8 @@ def main(argv):
         return down(base)
     if argv in ([], ["up"]):
         return up(base)
+    if argv == ["--detach"]:
+        return up(base, detach=True)
     print(__doc__, file=sys.stderr)
     return 2
 

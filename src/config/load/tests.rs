@@ -865,7 +865,7 @@ fn the_example_file_loads() {
         Ok(s) => s,
         Err(e) => panic!("the example file does not load: {e}"),
     };
-    assert!(s.enabled);
+    assert!(!s.enabled, "the package installs this file switched off");
     assert_eq!(
         s.intake_address.as_deref(),
         Some("5f1c2e@intake.example.net")
