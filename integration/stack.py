@@ -538,8 +538,8 @@ class Stack:
 
     def start_milter(self):
         self.check_milter_settings()
-        self.spawn("tdc-milter", [self.milter_bin, "-c", self.settings_file, "run", "--log", "stderr"],
-                   self.milter_log)
+        self.spawn("tdc-milter", [self.milter_bin, "-c", self.settings_file, "run", "--log", "stderr",
+                                 "--allow-root"], self.milter_log)
         self.wait_listening(self.ports["milter"], "tdc-milter")
 
     def stop_milter(self):

@@ -314,7 +314,8 @@ def test_an_unreachable_intake_gives_the_reference_timeout_line(netns):
         st.run([binary, "-c", settings, "check-config"])
         with open(log_path, "wb") as log:
             # ip netns exec execs the command: daemon.pid is the daemon's own pid.
-            daemon = subprocess.Popen(inside + [binary, "-c", str(settings), "run", "--log", "stderr"],
+            daemon = subprocess.Popen(inside + [binary, "-c", str(settings), "run", "--log", "stderr",
+                                                        "--allow-root"],
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
 

@@ -14,7 +14,8 @@ sees <n>.json can read both files whole.  Each connection's opening and closing
 and each 421 the sink sends are logged on stdout, in the order they happened.
 
 Fault injection, keyed on the recipient's local part: "tempfail" gets a 451,
-"permfail" a 550.  --tls12-only caps TLS at 1.2; --max-msgs N answers the
+"permfail" a 550.  --tls12-only caps TLS at 1.2; --legacy-tls offers only TLS 1.0
+and 1.1 (an outdated intake, or a downgrading man in the middle); --max-msgs N answers the
 (N+1)th MAIL FROM on one connection with 421 and closes it (the limits the real
 intake documents).  --data-delay S waits S seconds before it answers each final
 dot, like a busy intake, so that a burst of journals builds a backlog.  SIGTERM or
@@ -164,6 +165,7 @@ def parse_args(argv):
     p.add_argument("--outdir", required=True)
     p.add_argument("--hostname", default="intake.test", help="name in the greeting")
     p.add_argument("--tls12-only", action="store_true")
+    p.add_argument("--legacy-tls", action="store_true", help="offer TLS 1.0 and 1.1 only")
     p.add_argument("--max-msgs", type=int, default=0, help="MAIL commands per connection (0: no limit)")
     p.add_argument("--data-delay", type=float, default=0.0, help="seconds to wait before answering each final dot")
     return p.parse_args(argv)
@@ -178,6 +180,11 @@ def main(argv):
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if args.tls12_only:
         context.maximum_version = ssl.TLSVersion.TLSv1_2
+    if args.legacy_tls:
+        # OpenSSL 3 allows TLS < 1.2 only at security level 0.
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
 
     limits = {}
     if args.max_msgs > 0:

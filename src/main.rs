@@ -33,6 +33,10 @@ enum Command {
         /// Where the log lines go: syslog facility mail, or stderr
         #[arg(long, value_enum, default_value_t = LogTarget::Syslog)]
         log: LogTarget,
+        /// Run even as root (by default the daemon refuses: it reads mail from the
+        /// network and needs no privilege; the package runs it as user tdc-milter)
+        #[arg(long)]
+        allow_root: bool,
     },
     /// Validate the settings file: exit 0 if valid, else 1 with file:line:column errors
     CheckConfig,
@@ -99,7 +103,14 @@ fn main() -> ExitCode {
             }
             ask(&cli.config, &format!("track {key}"), json)
         }
-        Command::Run { log } => {
+        Command::Run { log, allow_root } => {
+            if rustix::process::geteuid().is_root() && !allow_root {
+                eprintln!(
+                    "tdc-milter: refusing to run as root: run it as its own user \
+                     (the package's systemd unit runs it as tdc-milter), or pass --allow-root"
+                );
+                return ExitCode::FAILURE;
+            }
             let log = match log {
                 LogTarget::Syslog => Log::syslog(),
                 LogTarget::Stderr => Log::stderr(),
