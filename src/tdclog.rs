@@ -61,6 +61,13 @@ pub enum Event<'a> {
         message_id: &'a str,
         reason: &'a str,
     },
+    /// An earlier filter quarantined the message (Sendmail's `{quarantine}` macro at end
+    /// of message): not clean, so not journaled. `reason` is the filter's reason.
+    Quarantined {
+        queue_id: &'a str,
+        message_id: &'a str,
+        reason: &'a str,
+    },
     NewConnection {
         dcid: u64,
         interface: IpAddr,
@@ -217,6 +224,17 @@ impl fmt::Display for Event<'_> {
             } => write!(
                 f,
                 "TDC: message with Message-ID '{}' (queue ID {}) not journaled: {}",
+                sanitize(message_id),
+                sanitize(queue_id),
+                sanitize(reason)
+            ),
+            Event::Quarantined {
+                queue_id,
+                message_id,
+                reason,
+            } => write!(
+                f,
+                "TDC: message with Message-ID '{}' (queue ID {}) not journaled: quarantined by an earlier mail filter: {}",
                 sanitize(message_id),
                 sanitize(queue_id),
                 sanitize(reason)

@@ -129,11 +129,16 @@ async fn negotiate(cx: &mut NegotiateContext<Connection>, offered: ProtoOpts) ->
     }
     // Asking for a stage's list replaces the MTA's default list for that stage, so
     // each list names everything we read there. {daemon_name} comes with the default
-    // connect macros of both Postfix and Sendmail.
+    // connect macros of both Postfix and Sendmail. {quarantine} is Sendmail's: set
+    // when an earlier filter quarantined the message (Postfix never sends it, and
+    // stops its later milters instead).
     cx.requested_macros
         .insert(MacroStage::Mail, c"{auth_authen}".into());
     cx.requested_macros
-        .insert(MacroStage::Eom, c"i {auth_authen}".into());
+        .insert(MacroStage::Eom, c"i {auth_authen} {quarantine}".into());
+    // Sendmail (8.14 to at least 8.17) uses a filter's own end-of-message list only
+    // when the filter also asked for an end-of-header list (milter.c, milter_data()).
+    cx.requested_macros.insert(MacroStage::Eoh, c"i".into());
     cx.data = Some(Connection {
         exact_header_values: exact,
         ..Connection::default()
@@ -197,6 +202,7 @@ async fn end_of_message_inner(shared: &Shared, cx: &mut EomContext<Connection>) 
     let queue_id = macro_value(cx, c"i").unwrap_or_else(|| "NONE".into());
     let authenticated = macro_value(cx, c"{auth_authen}").is_some();
     let daemon_name = macro_value(cx, c"{daemon_name}");
+    let quarantine = macro_value(cx, c"{quarantine}");
     let Some(conn) = cx.data.as_mut() else {
         return Status::Accept;
     };
@@ -208,6 +214,7 @@ async fn end_of_message_inner(shared: &Shared, cx: &mut EomContext<Connection>) 
         authenticated,
         daemon_name: daemon_name.as_deref(),
         client_ip: conn.client_ip,
+        quarantine: quarantine.as_deref(),
     };
     journal_message(shared, &context, &msg).await;
     // The original always goes on, whatever happened to its journals.
@@ -220,6 +227,8 @@ struct MessageContext<'a> {
     authenticated: bool,
     daemon_name: Option<&'a str>,
     client_ip: Option<IpAddr>,
+    /// Sendmail's `{quarantine}`: the reason an earlier filter quarantined the message.
+    quarantine: Option<&'a str>,
 }
 
 /// Incoming? Clean? Which intakes? Then build and enqueue one journal per intake.
@@ -241,6 +250,16 @@ async fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message
         return;
     }
     let message_id = msg.message_id.as_deref().unwrap_or("");
+    // Quarantined by an earlier filter: not clean. Sendmail, unlike Postfix, still
+    // passes such a message to the filters after the one that quarantined it.
+    if let Some(reason) = cx.quarantine {
+        shared.log.event(Event::Quarantined {
+            queue_id: cx.queue_id,
+            message_id,
+            reason,
+        });
+        return;
+    }
     if msg.over_limit() {
         shared.queue.stats().too_large();
         shared.log.event(Event::NotJournaled {
