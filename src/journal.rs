@@ -92,7 +92,7 @@ fn build_envelope_report(envelope: &Envelope<'_>, original: &Original<'_>) -> Jo
         if !subject.starts_with(b" ") && !subject.starts_with(b"\t") {
             out.push(b' ');
         }
-        out.extend_from_slice(trim_trailing_crlf(subject));
+        push_folded(&mut out, trim_trailing_crlf(subject));
     }
     out.extend_from_slice(b"\r\n");
     push_line(
@@ -223,6 +223,33 @@ fn trim_trailing_crlf(value: &[u8]) -> &[u8] {
         v = rest.strip_suffix(b"\r").unwrap_or(rest);
     }
     v
+}
+
+/// Appends a header value keeping its folding, but only as folding: every line break
+/// (CRLF, or a bare CR or LF, which the MTA should not pass but a hostile sender may
+/// try) becomes CRLF followed by whitespace, so the value can neither end the header
+/// section nor start a header of its own in the journal.
+fn push_folded(out: &mut Vec<u8>, value: &[u8]) {
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            b'\r' | b'\n' => {
+                i += if value[i] == b'\r' && value.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                out.extend_from_slice(b"\r\n");
+                if !matches!(value.get(i), Some(b' ' | b'\t')) {
+                    out.push(b' ');
+                }
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
 }
 
 fn push_line(out: &mut Vec<u8>, line: &str) {
@@ -373,5 +400,15 @@ mod tests {
     fn message_id_uses_the_sender_domain() {
         let id = journal_message_id(42, "tdc@gw.example.org", date());
         assert_eq!(id, "<1795000000000.42.tdc@gw.example.org>");
+    }
+
+    #[test]
+    fn a_subject_cannot_add_headers_or_end_the_header_section() {
+        let mut out = Vec::new();
+        push_folded(&mut out, b" a\r\n b\nX-Injected: 1\rY: 2\r\n\r\nbody\n\tc");
+        assert_eq!(
+            out,
+            b" a\r\n b\r\n X-Injected: 1\r\n Y: 2\r\n \r\n body\r\n\tc".to_vec()
+        );
     }
 }

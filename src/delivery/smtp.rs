@@ -102,7 +102,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             let start = raw.len();
             self.read_line(&mut raw).await?;
             let line = &raw[start..];
-            if line.len() < 4 || !line[..3].iter().all(u8::is_ascii_digit) {
+            // RFC 5321 §4.2: the first digit is 2 to 5, the second 0 to 5.
+            if line.len() < 4
+                || !(b'2'..=b'5').contains(&line[0])
+                || !(b'0'..=b'5').contains(&line[1])
+                || !line[2].is_ascii_digit()
+            {
                 return Err(Kind::Protocol(format!(
                     "malformed reply line '{}'",
                     crate::tdclog::sanitize_bytes(line.trim_ascii_end())
@@ -132,6 +137,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             return Err(Kind::Reply(reply));
         }
         Ok(parse_ehlo(&raw))
+    }
+}
+
+/// Reads every reply in `input` the way a session reads a server's replies (line
+/// and line-count limits, code checks, smtp-proto parsing, EHLO capabilities) until
+/// the input ends or a reply is refused, which ends the list. Whatever a server
+/// sends ends in a reply or a [`Kind`], never a panic: the fuzz target
+/// `smtp_replies` holds it to that.
+pub async fn read_replies(input: &[u8]) -> Vec<Result<(Reply, Capabilities), Kind>> {
+    let mut wire = Wire::new(tokio::io::join(input, tokio::io::sink()));
+    let mut out = Vec::new();
+    loop {
+        match wire.read_raw_reply().await {
+            Ok(raw) => match parse_reply(&raw) {
+                Ok(reply) => out.push(Ok((reply, parse_ehlo(&raw)))),
+                Err(kind) => {
+                    out.push(Err(kind));
+                    return out;
+                }
+            },
+            Err(Kind::Network(_)) => return out, // the input ended
+            Err(kind) => {
+                out.push(Err(kind));
+                return out;
+            }
+        }
     }
 }
 
@@ -640,5 +671,30 @@ mod tests {
         server.write_all(&long).await.expect("write");
         let mut wire = Wire::new(client);
         assert!(matches!(wire.read_reply().await, Err(Kind::Protocol(_))));
+    }
+
+    #[tokio::test]
+    async fn read_replies_reads_a_conversation_and_stops_at_a_bad_reply() {
+        let replies = read_replies(
+            b"220 intake ESMTP\r\n250-intake\r\n250-STARTTLS\r\n250 8BITMIME\r\n\
+              451 4.3.0 busy\r\n25x nonsense\r\n250 never read\r\n",
+        )
+        .await;
+        assert_eq!(replies.len(), 4, "{replies:?}");
+        let (greeting, _) = replies[0].as_ref().expect("greeting");
+        assert_eq!(greeting.code, 220);
+        let (ehlo, caps) = replies[1].as_ref().expect("ehlo");
+        assert_eq!(ehlo.code, 250);
+        assert!(caps.starttls && caps.eight_bit_mime && !caps.pipelining);
+        let (busy, _) = replies[2].as_ref().expect("451");
+        assert_eq!((busy.code, busy.enhanced), (451, Some([4, 3, 0])));
+        assert!(matches!(replies[3], Err(Kind::Protocol(_))));
+        // A reply cut off by the end of the input is no reply.
+        assert!(read_replies(b"250-partial\r\n").await.is_empty());
+        // Codes outside 2yz..5yz (found by the fuzzer: "062" read as 62).
+        for bad in [&b"062\n"[..], b"199 x\r\n", b"600 x\r\n", b"260 x\r\n"] {
+            let replies = read_replies(bad).await;
+            assert!(matches!(replies[..], [Err(Kind::Protocol(_))]), "{replies:?}");
+        }
     }
 }
