@@ -76,7 +76,12 @@ fuzz_target!(|data: &[u8]| {
         b"Content-Type",
         b"X-MS-Journal-Report",
     ];
-    assert_eq!(names, expected, "{:?}", String::from_utf8_lossy(&bytes[..end]));
+    assert_eq!(
+        names,
+        expected,
+        "{:?}",
+        String::from_utf8_lossy(&bytes[..end])
+    );
     assert!(
         !bytes[..end].contains(&b'\r')
             || bytes[..end]
@@ -107,8 +112,13 @@ fuzz_target!(|data: &[u8]| {
         + 4;
     let close = format!("\r\n--{boundary}--\r\n");
     assert!(bytes.ends_with(close.as_bytes()));
-    assert_eq!(&bytes[after_headers..bytes.len() - close.len()], &original[..]);
+    assert_eq!(
+        &bytes[after_headers..bytes.len() - close.len()],
+        &original[..]
+    );
 
-    let parsed = MessageParser::default().parse(bytes).expect("the journal parses");
+    let parsed = MessageParser::default()
+        .parse(bytes)
+        .expect("the journal parses");
     assert_eq!(parsed.parts.len(), 3, "multipart, report, original");
 });

@@ -37,5 +37,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(!clean.chars().any(char::is_control), "{clean:?}");
     assert_eq!(unescape(&clean), text.as_bytes());
     let clean_bytes = sanitize_bytes(data);
-    assert!(!clean_bytes.chars().any(char::is_control), "{clean_bytes:?}");
+    assert!(
+        !clean_bytes.chars().any(char::is_control),
+        "{clean_bytes:?}"
+    );
 });

@@ -15,8 +15,15 @@ fuzz_target!(|data: &[u8]| {
         assert!(!message.is_empty());
         if let Some((line, _column)) = e.location() {
             // YAML breaks lines at CRLF, CR and LF alike.
-            let lines = text.replace("\r\n", "\n").replace('\r', "\n").split('\n').count();
-            assert!(line >= 1 && line <= lines, "line {line} of {lines} in {message}");
+            let lines = text
+                .replace("\r\n", "\n")
+                .replace('\r', "\n")
+                .split('\n')
+                .count();
+            assert!(
+                line >= 1 && line <= lines,
+                "line {line} of {lines} in {message}"
+            );
         }
     }
 });

@@ -694,7 +694,10 @@ mod tests {
         // Codes outside 2yz..5yz (found by the fuzzer: "062" read as 62).
         for bad in [&b"062\n"[..], b"199 x\r\n", b"600 x\r\n", b"260 x\r\n"] {
             let replies = read_replies(bad).await;
-            assert!(matches!(replies[..], [Err(Kind::Protocol(_))]), "{replies:?}");
+            assert!(
+                matches!(replies[..], [Err(Kind::Protocol(_))]),
+                "{replies:?}"
+            );
         }
     }
 }
