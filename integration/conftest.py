@@ -20,14 +20,15 @@ import stack as stack_module  # noqa: E402
 _stacks = []
 
 
-def running_stack(request, prefix, **options):
-    """A stack in a fresh world-searchable temporary directory, up for the fixture's
-    scope; its files are kept when a test failed (or TDC_KEEP_STACK is set)."""
+def running_stack(request, prefix, stack_class=None, **options):
+    """A stack (a stack.Stack, or stack_class) in a fresh world-searchable temporary
+    directory, up for the fixture's scope; its files are kept when a test failed (or
+    TDC_KEEP_STACK is set)."""
     if os.geteuid() != 0:
         pytest.skip("the real-Postfix tests need root (Postfix, smtp-sink -u postfix)")
     base = tempfile.mkdtemp(prefix=prefix)
     os.chmod(base, 0o755)  # Postfix runs as user postfix and must reach it
-    s = stack_module.Stack(base, **options)
+    s = (stack_class or stack_module.Stack)(base, **options)
     _stacks.append(s)
     try:
         s.up()

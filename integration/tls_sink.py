@@ -18,12 +18,17 @@ Fault injection, keyed on the recipient's local part: "tempfail" gets a 451,
 and 1.1 (an outdated intake, or a downgrading man in the middle); --max-msgs N answers the
 (N+1)th MAIL FROM on one connection with 421 and closes it (the limits the real
 intake documents).  --data-delay S waits S seconds before it answers each final
-dot, like a busy intake, so that a burst of journals builds a backlog.  SIGTERM or
-SIGINT stops the sink.
+dot, like a busy intake, so that a burst of journals builds a backlog.
+--fault-rate P answers the final dot of a share P of the messages, at random, with
+451 or 554 (half each) and stores nothing; --stall-rate P with --stall-seconds S
+waits S seconds before it stores and answers a share P of them (an intake that
+stalls after the data; a client that gave up meanwhile may send the journal again).
+The random choices follow --seed.  SIGTERM or SIGINT stops the sink.
 """
 
 import argparse
 import asyncio
+import random
 import json
 import os
 import re
@@ -109,9 +114,13 @@ class IntakeHandler:
         "permfail": "550 5.1.1 simulated permanent failure",
     }
 
-    def __init__(self, outdir, data_delay=0.0):
+    def __init__(self, outdir, data_delay=0.0, fault_rate=0.0, stall_rate=0.0, stall_seconds=0.0, seed=0):
         self.outdir = outdir
         self.data_delay = data_delay
+        self.fault_rate = fault_rate
+        self.stall_rate = stall_rate
+        self.stall_seconds = stall_seconds
+        self.random = random.Random(seed)
         self.number = next_free_number(outdir)
         self.connections = 0
 
@@ -131,6 +140,14 @@ class IntakeHandler:
     async def handle_DATA(self, server, session, envelope):
         if self.data_delay > 0:
             await asyncio.sleep(self.data_delay)
+        if self.random.random() < self.fault_rate:
+            reply = self.random.choice(["451 4.3.0 simulated random temporary failure",
+                                        "554 5.3.0 simulated random permanent failure"])
+            log("connection %d: random fault: %s" % (server.connection, reply))
+            return reply
+        if self.random.random() < self.stall_rate:
+            log("connection %d: stalling %.1f s after the data" % (server.connection, self.stall_seconds))
+            await asyncio.sleep(self.stall_seconds)
         n, self.number = self.number, self.number + 1
         server.stored += 1
         content = envelope.original_content
@@ -168,6 +185,10 @@ def parse_args(argv):
     p.add_argument("--legacy-tls", action="store_true", help="offer TLS 1.0 and 1.1 only")
     p.add_argument("--max-msgs", type=int, default=0, help="MAIL commands per connection (0: no limit)")
     p.add_argument("--data-delay", type=float, default=0.0, help="seconds to wait before answering each final dot")
+    p.add_argument("--fault-rate", type=float, default=0.0, help="share of messages refused with 451 or 554")
+    p.add_argument("--stall-rate", type=float, default=0.0, help="share of messages answered after --stall-seconds")
+    p.add_argument("--stall-seconds", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random faults and stalls")
     return p.parse_args(argv)
 
 
@@ -191,7 +212,7 @@ def main(argv):
         limits["command_call_limit"] = {"MAIL": args.max_msgs, "*": 100000}
 
     controller = IntakeController(
-        IntakeHandler(args.outdir, args.data_delay),
+        IntakeHandler(args.outdir, args.data_delay, args.fault_rate, args.stall_rate, args.stall_seconds, args.seed),
         hostname=args.host,
         port=args.port,
         server_hostname=args.hostname,
