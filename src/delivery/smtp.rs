@@ -23,6 +23,8 @@ use crate::tdclog::{Event, Log};
 
 /// Longest reply line we accept (RFC 5321 §4.5.3.1.5 allows 512; servers exceed it).
 const MAX_LINE: usize = 4096;
+/// The longest text line SMTP carries, CRLF not counted (RFC 5321 §4.5.3.1.6).
+const MAX_TEXT_LINE: usize = 998;
 /// Most lines in one reply (a long EHLO list is about 20).
 const MAX_REPLY_LINES: usize = 128;
 
@@ -573,15 +575,29 @@ impl Session {
 
 /// RFC 5321 §4.5.2 transparency: a line starting with "." gets another; the message is
 /// terminated with CRLF.CRLF (adding the CRLF when the message does not end with one).
+/// Lines over 998 octets are broken with CRLF and a space (see below).
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
     let mut at_line_start = true;
-    for &b in message {
+    let mut line_length = 0usize;
+    for (i, &b) in message.iter().enumerate() {
+        // RFC 5321 §4.5.3.1.6: at most 998 octets before CRLF. A longer line is
+        // broken the way Postfix's smtp client breaks it (smtp_line_length_limit),
+        // with CRLF and a space; an intake would refuse the journal otherwise.
+        if line_length == MAX_TEXT_LINE && b != b'\r' && b != b'\n' {
+            out.extend_from_slice(b"\r\n ");
+            line_length = 1;
+        }
         if at_line_start && b == b'.' {
             out.push(b'.');
         }
         out.push(b);
         at_line_start = b == b'\n';
+        if b == b'\n' || (b == b'\r' && message.get(i + 1) == Some(&b'\n')) {
+            line_length = 0;
+        } else {
+            line_length += 1;
+        }
     }
     if !message.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
@@ -609,6 +625,27 @@ mod tests {
         assert_eq!(dot_stuff(b"no final crlf"), b"no final crlf\r\n.\r\n");
         assert_eq!(dot_stuff(b"a\r\n.\r\n"), b"a\r\n..\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b"\r\n.\r\n");
+    }
+
+    #[test]
+    fn lines_longer_than_998_octets_are_broken_like_postfix_does() {
+        let mut line = vec![b'x'; 998];
+        line.extend_from_slice(b"\r\n");
+        assert_eq!(dot_stuff(&line), [line.as_slice(), b".\r\n"].concat());
+
+        let long = [vec![b'a'; 998], vec![b'b'; 998], b"c\r\n.d\r\n".to_vec()].concat();
+        let expected = [
+            vec![b'a'; 998],
+            b"\r\n ".to_vec(),
+            vec![b'b'; 997],
+            b"\r\n b".to_vec(),
+            b"c\r\n..d\r\n.\r\n".to_vec(),
+        ]
+        .concat();
+        assert_eq!(dot_stuff(&long), expected);
+        assert!(dot_stuff(&vec![b'z'; 1 << 20])
+            .split(|&b| b == b'\n')
+            .all(|l| l.len() <= 1000));
     }
 
     #[test]
