@@ -35,7 +35,7 @@ BINARY = Path("/usr/sbin/tdc-milter")
 SPOOL = Path("/var/spool/tdc-milter")
 RUN_DIR = Path("/run/tdc-milter")
 DOC = Path("/usr/share/doc/tdc-milter")
-POSTFIX_MAIN_CF = Path("/etc/postfix/main.cf")
+POSTFIX_ETC = Path("/etc/postfix")
 VERSION = tomllib.loads((st.REPO / "Cargo.toml").read_text())["package"]["version"]
 APT_ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
 
@@ -61,7 +61,14 @@ def purge():
 
 
 def digest(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    """One hash of a file, or of every file under a directory (names included);
+    None if there is nothing."""
+    if not path.exists():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p for p in [path, *path.rglob("*")] if p.is_file()):
+        h.update(str(f).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 class SyslogCapture:
@@ -113,9 +120,9 @@ def debs():
 
 @pytest.fixture(scope="module")
 def install(debs):
-    main_cf_before = digest(POSTFIX_MAIN_CF)
+    postfix_etc_before = digest(POSTFIX_ETC)
     done = sh(["apt-get", "install", "-y", debs[0]], env=APT_ENV)
-    return {"output": done.stdout + done.stderr, "main_cf_before": main_cf_before}
+    return {"output": done.stdout + done.stderr, "postfix_etc_before": postfix_etc_before}
 
 
 def test_control_fields_and_conffiles(debs):
@@ -137,7 +144,7 @@ def test_install_tells_what_to_add_and_leaves_postfix_alone(install):
     out = install["output"]
     assert "smtpd_milters = <your milters>, { inet:127.0.0.1:8895, default_action=accept }" in out
     assert "set intake_address" in out
-    assert digest(POSTFIX_MAIN_CF) == install["main_cf_before"]
+    assert digest(POSTFIX_ETC) == install["postfix_etc_before"]
     assert installed_version() == "%s-1" % VERSION
 
 
