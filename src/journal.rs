@@ -9,6 +9,9 @@
 use time::format_description::well_known::Rfc2822;
 use time::OffsetDateTime;
 
+/// The longest line RFC 5322 allows, without its CRLF.
+const MAX_LINE_OCTETS: usize = 998;
+
 /// Which journal layout to write. Only the Exchange-style envelope journal exists
 /// today; the setting keeps another layout addable without touching the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,7 +74,13 @@ pub fn build(format: JournalFormat, envelope: &Envelope<'_>, original: &Original
 
 fn build_envelope_report(envelope: &Envelope<'_>, original: &Original<'_>) -> Journal {
     let report = report_text(envelope, original);
-    let (report_cte, report_body) = if report.is_ascii() {
+    // 7bit allows no line over 998 octets (RFC 2045 §2.7, RFC 5322 §2.1.1): a long
+    // Subject or address goes quoted-printable, whose soft breaks keep the lines short,
+    // rather than being broken on the wire into a field the report does not have.
+    let short_lines = report
+        .split("\r\n")
+        .all(|line| line.len() <= MAX_LINE_OCTETS);
+    let (report_cte, report_body) = if report.is_ascii() && short_lines {
         ("7bit", report.into_bytes())
     } else {
         ("quoted-printable", quoted_printable_lines(&report))
@@ -394,6 +403,31 @@ mod tests {
         let attached = msg.attachment(0).expect("attachment");
         let raw = &j.bytes[attached.raw_body_offset() as usize..attached.raw_end_offset() as usize];
         assert_eq!(raw, hostile.as_bytes());
+    }
+
+    #[test]
+    fn a_report_line_over_998_octets_is_quoted_printable() {
+        let rcpts = recipients(&["b@example.com"]);
+        let subject = format!(" {}", "w ".repeat(600));
+        let j = build_plain(ORIGINAL, Some(subject.as_bytes()), &rcpts);
+        let text = String::from_utf8_lossy(&j.bytes);
+        assert!(text.contains("Content-Transfer-Encoding: quoted-printable\r\n"));
+        let msg = mail_parser::MessageParser::default()
+            .parse(&j.bytes)
+            .expect("journal parses");
+        let report = msg.body_text(0).expect("report part");
+        assert!(report.contains(&format!("Subject: {}\r\n", subject.trim())));
+        let report_start = text.find("X-MS-Journal-Report:").expect("report");
+        let attachment_start = text
+            .find("Content-Type: message/rfc822")
+            .expect("attachment");
+        assert!(text[report_start..attachment_start]
+            .lines()
+            .all(|l| l.len() <= 998));
+        // Short ASCII reports stay 7bit.
+        let j = build_plain(ORIGINAL, Some(b" hello"), &rcpts);
+        assert!(String::from_utf8_lossy(&j.bytes)
+            .contains("Content-Transfer-Encoding: 7bit\r\n\r\nSender:"));
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct Message {
     pub message_id: Option<String>,
     /// A configured "not clean" verdict header was present.
     pub not_clean: bool,
+    /// The body so far ends with CR (a chunk may end between CR and LF).
+    body_ends_with_cr: bool,
 }
 
 impl Message {
@@ -39,6 +41,7 @@ impl Message {
             subject: None,
             message_id: None,
             not_clean: false,
+            body_ends_with_cr: false,
         }
     }
 
@@ -68,7 +71,7 @@ impl Message {
         let settings = self.settings.clone();
         let settings = &settings.journal;
         let name_str = String::from_utf8_lossy(name);
-        let value = ensure_crlf(value);
+        let value = folded_value(value);
         if name_str.eq_ignore_ascii_case("subject") && self.subject.is_none() {
             self.subject = Some(if exact_value {
                 value.clone()
@@ -111,9 +114,15 @@ impl Message {
         self.append(2, max, |buf| buf.put_slice(b"\r\n"));
     }
 
+    /// Adds a body chunk. A bare LF (an MTA passes CRLF line ends; a broken one may
+    /// not) becomes CRLF: SMTP forbids bare LF (RFC 5321 §2.3.8), and intakes refuse it.
     pub fn add_body(&mut self, chunk: &[u8]) {
         let max = self.journal_settings().max_size;
-        self.append(chunk.len(), max, |buf| buf.put_slice(chunk));
+        let chunk = crlf_body(chunk, self.body_ends_with_cr);
+        if let Some(&last) = chunk.last() {
+            self.body_ends_with_cr = last == b'\r';
+        }
+        self.append(chunk.len(), max, |buf| buf.put_slice(&chunk));
     }
 
     /// Appends unless the original has grown past the journal size limit; past it, only
@@ -145,18 +154,63 @@ impl Message {
     }
 }
 
-/// Folded header values arrive LF-separated (libmilter convention); RFC 5322 wants CRLF.
-fn ensure_crlf(value: &[u8]) -> Vec<u8> {
+/// A header value for the copy. Folded values arrive LF-separated (libmilter
+/// convention); RFC 5322 wants CRLF. A line break that is not folding (CR, LF or CRLF
+/// not followed by a space or tab) cannot come from a real header: it is made folding,
+/// and line breaks at the end are dropped, so that a value can neither add a header to
+/// the attached copy (a forged client-IP header, say) nor end its header section.
+fn folded_value(value: &[u8]) -> Vec<u8> {
+    let mut end = value.len();
+    while end > 0 && matches!(value[end - 1], b'\r' | b'\n') {
+        end -= 1;
+    }
+    let value = &value[..end];
     let mut out = Vec::with_capacity(value.len() + 8);
-    let mut previous = 0u8;
-    for &b in value {
-        if b == b'\n' && previous != b'\r' {
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            b'\r' | b'\n' => {
+                i += if value[i] == b'\r' && value.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                out.extend_from_slice(b"\r\n");
+                if !matches!(value.get(i), Some(b' ' | b'\t')) {
+                    out.push(b' ');
+                }
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// A body chunk with each bare LF made CRLF; `after_cr` says the previous chunk ended
+/// with CR. Borrows the chunk when there is nothing to change (the usual case).
+fn crlf_body(chunk: &[u8], after_cr: bool) -> std::borrow::Cow<'_, [u8]> {
+    let bare = |i: usize| {
+        chunk[i] == b'\n'
+            && if i == 0 {
+                !after_cr
+            } else {
+                chunk[i - 1] != b'\r'
+            }
+    };
+    if !(0..chunk.len()).any(bare) {
+        return std::borrow::Cow::Borrowed(chunk);
+    }
+    let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 32 + 1);
+    for (i, &b) in chunk.iter().enumerate() {
+        if bare(i) {
             out.push(b'\r');
         }
         out.push(b);
-        previous = b;
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -208,6 +262,36 @@ mod tests {
         let mut m = Message::new("<a@b>".into(), s.clone());
         m.add_header(b"X-Spam-Flag", b" NO", true);
         assert!(!m.not_clean);
+    }
+
+    #[test]
+    fn a_line_break_in_a_value_cannot_add_a_header_or_end_the_section() {
+        let s = settings(1 << 20);
+        let mut m = Message::new("<a@b>".into(), s.clone());
+        m.add_header(b"Subject", b" x\nX-IronPort-RemoteIP: 6.6.6.6\n", true);
+        m.add_header(b"Message-ID", b" <a@b>\r\nX: 1\rY: 2\r\n\r\nbody", true);
+        m.add_header(b"X-Folded", b" a\n\tb\r\n c", true);
+        m.end_of_headers();
+        assert_eq!(
+            m.original(),
+            b"Subject: x\r\n X-IronPort-RemoteIP: 6.6.6.6\r\nMessage-ID: <a@b>\r\n X: 1\r\n Y: 2\r\n \r\n body\r\nX-Folded: a\r\n\tb\r\n c\r\n\r\n"
+        );
+        assert_eq!(
+            m.subject.as_deref(),
+            Some(b" x\r\n X-IronPort-RemoteIP: 6.6.6.6".as_slice())
+        );
+    }
+
+    #[test]
+    fn bare_lf_in_the_body_becomes_crlf_across_chunks() {
+        let s = settings(1 << 20);
+        let mut m = Message::new("<a@b>".into(), s.clone());
+        m.end_of_headers();
+        m.add_body(b"a\nb\r");
+        m.add_body(b"\nc\n");
+        m.add_body(b"\nd\r\n\0\re");
+        assert_eq!(m.original(), b"\r\na\r\nb\r\nc\r\n\r\nd\r\n\0\re");
+        assert_eq!(m.size(), m.original().len() as u64);
     }
 
     #[test]
