@@ -91,15 +91,16 @@ delivery:
     connector: global
 """
 
-POSTFIX_MAIN_CF = """\
-# Hermetic Postfix for the tdc-milter integration stack (written by integration/stack.py)
+# The part of main.cf every hermetic Postfix here shares (the stack's and the bench's
+# intake): its own queue, data and log under {pf}, loopback only, no local delivery.
+POSTFIX_HERMETIC_CF = """\
 compatibility_level = 3.6
 queue_directory = {pf}/spool
 data_directory = {pf}/data
 # There is no syslog here: postlogd writes the log.
 maillog_file = {pf}/maillog
 maillog_file_prefixes = {pf}
-myhostname = mta.test
+myhostname = {hostname}
 mydomain = test
 mydestination =
 inet_interfaces = 127.0.0.1
@@ -110,6 +111,11 @@ alias_maps =
 alias_database =
 local_recipient_maps =
 biff = no
+"""
+
+POSTFIX_MAIN_CF = """\
+# Hermetic Postfix for the tdc-milter integration stack (written by integration/stack.py)
+""" + POSTFIX_HERMETIC_CF + """\
 # Every recipient goes to the smtp-sink next hop, in plain text.
 relayhost = [127.0.0.1]:{relay_port}
 smtp_tls_security_level = none
@@ -444,7 +450,8 @@ class Stack:
             d.mkdir(parents=True, exist_ok=True)
         os.chown(pf / "data", postfix_uid(), -1)
         (self.postfix_etc / "main.cf").write_text(
-            POSTFIX_MAIN_CF.format(pf=pf, relay_port=self.ports["relay"], milter_port=self.ports["milter"])
+            POSTFIX_MAIN_CF.format(pf=pf, hostname="mta.test", relay_port=self.ports["relay"],
+                                   milter_port=self.ports["milter"])
         )
         (self.postfix_etc / "master.cf").write_text(POSTFIX_MASTER_CF.format(smtpd_port=self.ports["smtpd"]))
 
