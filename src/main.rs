@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indymilter::EitherListener;
 use tdc_milter::config::{Settings, SocketSpec, DEFAULT_PATH};
 use tdc_milter::control;
+use tdc_milter::milter::listener::QuickAckListener;
 use tdc_milter::tdclog::Log;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
@@ -256,11 +257,11 @@ fn run(path: &Path, log: Log) -> Result<(), String> {
     })
 }
 
-async fn bind(spec: &SocketSpec) -> Result<EitherListener<TcpListener, UnixListener>, String> {
+async fn bind(spec: &SocketSpec) -> Result<EitherListener<QuickAckListener, UnixListener>, String> {
     match spec {
         SocketSpec::Inet { host, port } => TcpListener::bind((host.as_str(), *port))
             .await
-            .map(EitherListener::Tcp)
+            .map(|tcp| EitherListener::Tcp(QuickAckListener(tcp)))
             .map_err(|e| format!("cannot listen on inet:{host}:{port}: {e}")),
         SocketSpec::Unix(path) => {
             remove_stale_socket(path);

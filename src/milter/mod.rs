@@ -5,6 +5,7 @@
 //! No callback does network I/O: the MTA waits on every callback, and delivery to the
 //! intake can take as long as its lifetime.
 
+pub mod listener;
 mod message;
 
 use std::net::IpAddr;
@@ -62,6 +63,8 @@ pub struct Connection {
     client_ip: Option<IpAddr>,
     /// LEADING_SPACE was negotiated: header values arrive exactly as sent.
     exact_header_values: bool,
+    /// The stages the MTA agreed not to wait for our reply to.
+    no_reply: ProtoOpts,
     message: Option<Message>,
 }
 
@@ -77,7 +80,7 @@ pub fn callbacks(shared: Arc<Shared>) -> Callbacks<Connection> {
                 if let (exact, Some(msg)) = message_of(cx) {
                     msg.add_header(name.as_bytes(), value.as_bytes(), exact);
                 }
-                Status::Continue
+                reply(cx, ProtoOpts::NOREPLY_HEADER)
             })
         })
         .on_eoh(|cx| {
@@ -85,7 +88,7 @@ pub fn callbacks(shared: Arc<Shared>) -> Callbacks<Connection> {
                 if let (_, Some(msg)) = message_of(cx) {
                     msg.end_of_headers();
                 }
-                Status::Continue
+                reply(cx, ProtoOpts::NOREPLY_EOH)
             })
         })
         .on_body(|cx, chunk| {
@@ -93,7 +96,7 @@ pub fn callbacks(shared: Arc<Shared>) -> Callbacks<Connection> {
                 if let (_, Some(msg)) = message_of(cx) {
                     msg.add_body(&chunk);
                 }
-                Status::Continue
+                reply(cx, ProtoOpts::NOREPLY_BODY)
             })
         })
         .on_eom(move |cx| Box::pin(end_of_message(shared.clone(), cx)))
@@ -113,6 +116,14 @@ pub fn callbacks(shared: Arc<Shared>) -> Callbacks<Connection> {
         })
 }
 
+/// Continue, or no reply at all where the MTA agreed not to wait for one.
+fn reply(cx: &Context<Connection>, stage: ProtoOpts) -> Status {
+    match &cx.data {
+        Some(conn) if conn.no_reply.contains(stage) => Status::Noreply,
+        _ => Status::Continue,
+    }
+}
+
 fn message_of(cx: &mut Context<Connection>) -> (bool, Option<&mut Message>) {
     match cx.data.as_mut() {
         Some(conn) => (conn.exact_header_values, conn.message.as_mut()),
@@ -127,6 +138,11 @@ async fn negotiate(cx: &mut NegotiateContext<Connection>, offered: ProtoOpts) ->
     if exact {
         cx.requested_opts |= ProtoOpts::LEADING_SPACE;
     }
+    // Headers, end of header and body chunks never change our answer, so the MTA
+    // need not wait for one: one round trip less per header and per body chunk.
+    let no_reply = offered
+        & (ProtoOpts::NOREPLY_HEADER | ProtoOpts::NOREPLY_EOH | ProtoOpts::NOREPLY_BODY);
+    cx.requested_opts |= no_reply;
     // Asking for a stage's list replaces the MTA's default list for that stage, so
     // each list names everything we read there. {daemon_name} comes with the default
     // connect macros of both Postfix and Sendmail. {quarantine} is Sendmail's: set
@@ -141,6 +157,7 @@ async fn negotiate(cx: &mut NegotiateContext<Connection>, offered: ProtoOpts) ->
     cx.requested_macros.insert(MacroStage::Eoh, c"i".into());
     cx.data = Some(Connection {
         exact_header_values: exact,
+        no_reply,
         ..Connection::default()
     });
     Status::Continue
