@@ -140,8 +140,8 @@ async fn negotiate(cx: &mut NegotiateContext<Connection>, offered: ProtoOpts) ->
     }
     // Headers, end of header and body chunks never change our answer, so the MTA
     // need not wait for one: one round trip less per header and per body chunk.
-    let no_reply = offered
-        & (ProtoOpts::NOREPLY_HEADER | ProtoOpts::NOREPLY_EOH | ProtoOpts::NOREPLY_BODY);
+    let no_reply =
+        offered & (ProtoOpts::NOREPLY_HEADER | ProtoOpts::NOREPLY_EOH | ProtoOpts::NOREPLY_BODY);
     cx.requested_opts |= no_reply;
     // Asking for a stage's list replaces the MTA's default list for that stage, so
     // each list names everything we read there. {daemon_name} comes with the default
