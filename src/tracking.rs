@@ -294,7 +294,10 @@ mod tests {
         assert_eq!(j.lines.len(), HEAD_LINES + 1 + TAIL_LINES);
         let texts: Vec<&str> = j.lines.iter().map(|l| l.text.as_str()).collect();
         assert!(texts[0].contains("enqueued"), "{texts:?}");
-        assert_eq!(texts[1..HEAD_LINES], ["attempt 0", "attempt 1", "attempt 2"]);
+        assert_eq!(
+            texts[1..HEAD_LINES],
+            ["attempt 0", "attempt 1", "attempt 2"]
+        );
         assert_eq!(j.omitted, 101 - (HEAD_LINES as u64 - 1) - TAIL_LINES as u64);
         assert_eq!(texts[HEAD_LINES], format!("({} lines left out)", j.omitted));
         assert_eq!(texts.last(), Some(&"the end"));
