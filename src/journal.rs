@@ -237,8 +237,9 @@ fn trim_trailing_crlf(value: &[u8]) -> &[u8] {
 /// Appends a header value keeping its folding, but only as folding: every line break
 /// (CRLF, or a bare CR or LF, which the MTA should not pass but a hostile sender may
 /// try) becomes CRLF followed by whitespace, so the value can neither end the header
-/// section nor start a header of its own in the journal.
-fn push_folded(out: &mut Vec<u8>, value: &[u8]) {
+/// section nor start a header of its own. Used for the journal's Subject and for every
+/// header of the attached original.
+pub(crate) fn push_folded(out: &mut Vec<u8>, value: &[u8]) {
     let mut i = 0;
     while i < value.len() {
         match value[i] {

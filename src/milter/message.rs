@@ -166,26 +166,7 @@ fn folded_value(value: &[u8]) -> Vec<u8> {
     }
     let value = &value[..end];
     let mut out = Vec::with_capacity(value.len() + 8);
-    let mut i = 0;
-    while i < value.len() {
-        match value[i] {
-            b'\r' | b'\n' => {
-                i += if value[i] == b'\r' && value.get(i + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
-                out.extend_from_slice(b"\r\n");
-                if !matches!(value.get(i), Some(b' ' | b'\t')) {
-                    out.push(b' ');
-                }
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
+    crate::journal::push_folded(&mut out, value);
     out
 }
 
