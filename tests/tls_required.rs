@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::assert_tls_error;
 use common::daemon::{settings_yaml, Daemon};
 use common::fake_intake::{reply, FakeIntake, IntakeScript, Stage};
 use common::pki::{TestPki, TlsVersions};
@@ -15,21 +16,6 @@ async fn journal_one(intake: &FakeIntake, ca: PathBuf, dir: &std::path::Path) ->
     daemon.journal("QTLS", "<bob@example.com>").await;
     daemon.wait_for_log("Message finished MID 1 done", 1).await;
     daemon.stop().await
-}
-
-fn assert_tls_error(lines: &[String], detail: &str) {
-    assert!(
-        lines.iter().any(|l| l
-            == "Info: TDC: MID 1 delivery failed to Cisco Secure Email Threat Defense: TLS Error."),
-        "{lines:#?}"
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("TDC: MID 1 delivery attempt failed:") && l.contains(detail)),
-        "no detail '{detail}' in {lines:#?}"
-    );
-    assert!(!lines.iter().any(|l| l.contains("successfully delivered")));
 }
 
 fn sent_mail_in_plaintext(intake: &FakeIntake) -> bool {

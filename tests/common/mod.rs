@@ -19,3 +19,20 @@ pub async fn start_intake(
     let intake = fake_intake::FakeIntake::start(script.pki(pki)).await;
     (intake, ca)
 }
+
+/// The journal of MID 1 ended in the appliance's "TLS Error." outcome, with our
+/// attempt line naming `detail`, and nothing was delivered.
+pub fn assert_tls_error(lines: &[String], detail: &str) {
+    assert!(
+        lines.iter().any(|l| l
+            == "Info: TDC: MID 1 delivery failed to Cisco Secure Email Threat Defense: TLS Error."),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("TDC: MID 1 delivery attempt failed:") && l.contains(detail)),
+        "no detail '{detail}' in {lines:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("successfully delivered")));
+}
