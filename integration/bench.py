@@ -373,26 +373,13 @@ class BenchStack(Stack):
         if errors:
             raise StackError("; ".join(errors))
 
-    def up(self):
-        try:
-            self.prepare()
-            self.start_relay_sink()
-            self.start_intake_sink()
-            self.start_postfix_intake()
-        except BaseException:
-            self.stop_all()
-            raise
-        return self
+    def bring_up_steps(self):
+        """The intakes first; up_mta() starts the daemon and Postfix."""
+        return [self.prepare, self.start_relay_sink, self.start_intake_sink, self.start_postfix_intake]
 
     def up_mta(self):
         """The daemon and Postfix, once the intake is chosen."""
-        try:
-            self.check_milter_settings()
-            self.start_milter()
-            self.start_postfix()
-        except BaseException:
-            self.stop_all()
-            raise
+        return self.up([self.check_milter_settings, self.start_milter, self.start_postfix])
 
     # ------------------------------------------------------------- Postfix
 

@@ -169,18 +169,9 @@ class SendmailStack(st.Stack):
 
     # --------------------------------------------------------------- bring-up
 
-    def up(self):
-        try:
-            self.prepare()
-            self.start_relay_sink()
-            self.start_intake_sink()
-            self.start_quarantine_milter()
-            self.start_milter()
-            self.start_sendmail()
-        except BaseException:
-            self.stop_all()
-            raise
-        return self
+    def bring_up_steps(self):
+        return [self.prepare, self.start_relay_sink, self.start_intake_sink, self.start_quarantine_milter,
+                self.start_milter, self.start_sendmail]
 
     def prepare(self):
         # Every port in one go, so that none is handed out twice.

@@ -373,18 +373,21 @@ class Stack:
 
     # ------------------------------------------------------------- bring-up
 
-    def up(self):
-        """Starts everything; on any failure (or Ctrl-C) stops what was started."""
+    def up(self, steps=None):
+        """Runs the bring-up steps (by default bring_up_steps()); on any failure (or
+        Ctrl-C) stops what was started."""
         try:
-            self.prepare()
-            self.start_relay_sink()
-            self.start_intake_sink()
-            self.start_milter()
-            self.start_postfix()
+            for step in steps or self.bring_up_steps():
+                step()
         except BaseException:
             self.stop_all()
             raise
         return self
+
+    def bring_up_steps(self):
+        """What up() starts, in order; stacks with other parts override it."""
+        return [self.prepare, self.start_relay_sink, self.start_intake_sink, self.start_milter,
+                self.start_postfix]
 
     def prepare(self):
         """Base directory layout, ports, certificates, settings files."""

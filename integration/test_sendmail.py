@@ -10,13 +10,12 @@ journals to the STARTTLS sink (tls_sink.py). Run as root:
 
 import os
 import re
-import shutil
-import tempfile
 
 import pytest
 
 import sendmail as sm
 import stack as st
+from conftest import running_stack
 from test_postfix import Case, attached_bytes, headers, strip_header
 
 INTAKE = st.INTAKE_ADDRESS
@@ -34,33 +33,7 @@ def sm_stack(request):
         root = sm.ensure_unpacked()
     except st.StackError as e:
         pytest.fail("no Sendmail to run (integration/install-deps unpacks it): %s" % e, pytrace=False)
-    base = tempfile.mkdtemp(prefix="tdc-milter-sendmail-")
-    os.chmod(base, 0o755)  # smtp-sink runs as user postfix and must reach it
-    s = sm.SendmailStack(base, root=root)
-    stacks = registered_stacks()
-    stacks.append(s)
-    try:
-        s.up()
-    except st.StackError as e:
-        pytest.fail("could not bring up the Sendmail stack: %s\n%s" % (e, s.diagnostics()), pytrace=False)
-    yield s
-    s.stop_all()
-    stacks.remove(s)
-    if request.session.testsfailed or os.environ.get("TDC_KEEP_STACK"):
-        print("\nSendmail stack files kept in %s" % base)
-    else:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def registered_stacks():
-    """conftest.py's list of running stacks: a failed test shows the last one's
-    diagnostics (a plain list when conftest is not loaded)."""
-    try:
-        import conftest
-
-        return conftest._stacks
-    except (ImportError, AttributeError):
-        return []
+    yield from running_stack(request, "tdc-milter-sendmail-", stack_class=sm.SendmailStack, root=root)
 
 
 def case(name, subject, extra=b"", recipients=("alice@example.com",)):
