@@ -252,6 +252,16 @@ def reconcile(stack, load):
     return report
 
 
+def unfinished_report(log_text, limit=5):
+    """The log lines of the first journals that never got their Message finished line."""
+    unfinished = sorted({e[0] for e in st.enqueued(log_text)} - st.finished_mids(log_text))
+    out = ["%d journals unfinished: %s" % (len(unfinished), unfinished[:20])]
+    for mid in unfinished[:limit]:
+        mark = re.compile(r"\bMID %d\b" % mid)
+        out += ["-- MID %d" % mid] + [line for line in log_text.splitlines() if mark.search(line)]
+    return "\n".join(out)
+
+
 def run(base, minutes, rate, lifetime, retry_delay, stall_seconds, say=print):
     stack = SoakStack(base, lifetime, retry_delay)
     stack.stall_seconds = stall_seconds
@@ -269,8 +279,11 @@ def run(base, minutes, rate, lifetime, retry_delay, stall_seconds, say=print):
         sent = len(load.results)
         st.poll(lambda: set(stack.relayed()) and len(stack.relayed()) >= sent, 120, what="every original relayed")
         st.poll(lambda: len(st.enqueued(stack.milter_log_text())) >= sent, 60, what="every journal enqueued")
-        st.poll(lambda: st.all_journals_settled(stack.milter_log_text()), lifetime + stall_seconds + 120,
-                what="every journal finished")
+        try:
+            st.poll(lambda: st.all_journals_settled(stack.milter_log_text()), lifetime + stall_seconds + 120,
+                    what="every journal finished")
+        except st.StackError as e:
+            raise st.StackError("%s\n%s" % (e, unfinished_report(stack.milter_log_text())))
         return reconcile(stack, load)
     finally:
         load.stop.set()

@@ -495,6 +495,10 @@ impl Shared {
         };
         q.in_flight = false;
         let domain = q.domain.clone();
+        let deadline = q.deadline;
+        // The scheduler dropped the expiry of a journal in flight past its deadline;
+        // back on the ground, it must expire like any other.
+        state.expiry.insert((deadline, mid));
         state.ready.entry(domain).or_default().push_front(mid);
         drop(state);
         self.wake.notify_one();
@@ -578,7 +582,8 @@ impl Shared {
                 .collect();
             for (deadline, mid) in due {
                 // In flight: the worker's stages are capped by the deadline, and it
-                // reports the expiry itself.
+                // reports the expiry itself (`failed`), or gives it back untried and
+                // `put_back` restores the expiry.
                 if state.journals.get(&mid).is_some_and(|q| !q.in_flight) {
                     expired.push(mid);
                 } else {
@@ -762,6 +767,60 @@ async fn load_job(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shared(dir: &std::path::Path, lifetime_ms: u64) -> Arc<Shared> {
+        let yaml = format!(
+            "intake_address: i@intake.test\njournal:\n  sender: tdc@gw.test\nqueue:\n  spool_dir: {}\ndelivery:\n  lifetime: {lifetime_ms}ms\n",
+            dir.display()
+        );
+        let settings =
+            Settings::from_yaml(&yaml, std::path::Path::new("t.yaml")).expect("settings");
+        let log = Log::memory();
+        let deliverer = Deliverer::new(&settings, log.clone()).expect("deliverer");
+        let (queue, _scheduler) =
+            open(&settings, deliverer, Arc::new(Stats::default()), log).expect("queue");
+        queue.shared
+    }
+
+    async fn enqueue(shared: &Arc<Shared>, mid: u64) {
+        let queue = Queue {
+            shared: shared.clone(),
+        };
+        let entry = Entry {
+            mid,
+            sender: "tdc@gw.test".into(),
+            intake: "i@intake.test".into(),
+            message: Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n"),
+            eight_bit: false,
+            queue_id: "Q1".into(),
+            original_message_id: String::new(),
+        };
+        queue.enqueue(entry).await.expect("enqueue");
+    }
+
+    fn finished(shared: &Shared, mid: u64) -> bool {
+        let line = format!("Message finished MID {mid} done");
+        shared.log.lines().iter().any(|l| l.ends_with(&line))
+    }
+
+    /// A worker holds a journal past its deadline (a stalled RSET), the scheduler looks
+    /// meanwhile, then the worker gives the journal back untried: it must still expire.
+    #[tokio::test]
+    async fn a_journal_put_back_after_its_deadline_still_expires() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = shared(dir.path(), 50);
+        enqueue(&shared, 1).await;
+        let (entry, _deadline) = shared.take("intake.test").expect("ready");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let _ = shared.plan();
+        assert!(!finished(&shared, 1), "in flight, the worker reports it");
+        shared.put_back(entry.mid);
+        assert!(shared.take("intake.test").is_none(), "past its deadline");
+        let (_, next_wake) = shared.plan();
+        assert!(finished(&shared, 1), "{:?}", shared.log.lines());
+        assert_eq!(shared.lock().journals.len(), 0);
+        assert_eq!(next_wake, None);
+    }
 
     #[test]
     fn domains_are_case_insensitive() {
