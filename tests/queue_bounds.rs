@@ -42,10 +42,10 @@ async fn an_unwritable_spool_refuses_journals_but_accepts_the_mail() {
     let (intake, ca) = common::start_intake(IntakeScript::default(), dir.path()).await;
     let daemon = Daemon::start(&settings_with(intake.addr(), &ca, "", ""), dir.path()).await;
     // What a full or broken disk looks like to us: writing the journal fails. (Root
-    // ignores permissions, so put a file where the spool's scratch directory was.)
-    let incoming = dir.path().join("spool/incoming");
-    std::fs::remove_dir_all(&incoming).expect("remove");
-    std::fs::write(&incoming, b"in the way").expect("block");
+    // ignores permissions, so put a file where the spool's journal directory was.)
+    let active = dir.path().join("spool/active");
+    std::fs::remove_dir_all(&active).expect("remove");
+    std::fs::write(&active, b"in the way").expect("block");
     daemon.journal("QDISK", "<bob@example.com>").await;
     let refused = daemon.lines_with("(queue ID QDISK) not journaled");
     assert_eq!(refused.len(), 1, "{:#?}", daemon.log.lines());
@@ -58,8 +58,8 @@ async fn an_unwritable_spool_refuses_journals_but_accepts_the_mail() {
     assert_eq!(daemon.stats.snapshot().active, 0);
 
     // Space comes back: journaling resumes by itself.
-    std::fs::remove_file(&incoming).expect("unblock");
-    std::fs::create_dir(&incoming).expect("recreate");
+    std::fs::remove_file(&active).expect("unblock");
+    std::fs::create_dir(&active).expect("recreate");
     daemon.journal("QBACK", "<bob@example.com>").await;
     daemon.wait_for_log("successfully delivered", 1).await;
     daemon.stop().await;

@@ -1,24 +1,38 @@
 //! The durable spool of the.tdc.queue: one file per journal, written before the
 //! milter answers the MTA, so a crash or restart loses nothing still in its lifetime.
 //!
-//! A journal becomes visible only by rename after its bytes are fsynced (Postfix's
-//! rule: a queue file is ready only when it is complete), so a half-written file is
-//! never delivered. File names carry the MID and the attempts made, so marking a
-//! retry is one atomic rename.
+//! A journal is written straight to its place and marked complete the way Postfix
+//! marks its queue files (cleanup's `mail_stream_finish`): the owner-execute bit is
+//! set, then the file is fsynced, once. A file without the mark is a write that never
+//! finished, was never acknowledged to the MTA, and is removed at start; a marked file
+//! must still match the size in its header. One fsync, no rename and no directory
+//! sync is the end-of-message cost: on ext4 (Debian's default, journalled) the fsync
+//! of a new file commits the transaction that holds its directory entry, and Postfix
+//! relies on the same for its own queue. File names carry the MID and the attempts
+//! made, so marking a retry is one atomic rename.
 //!
 //! ```text
 //! SPOOL/active/<mid>.<attempts>   header lines, an empty line, the journal bytes
-//! SPOOL/incoming/<mid>.tmp        being written; removed at start
+//! SPOOL/incoming/next-mid.tmp     the MID counter being replaced; removed at start
 //! SPOOL/next-mid                  MIDs handed out are below this number
 //! ```
+//!
+//! Format 1 files (tdc-milter before the completion mark) were renamed into place
+//! once complete, so they are taken back whatever their mode.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-const MAGIC: &str = "tdc-milter-spool 1";
+const MAGIC: &str = "tdc-milter-spool 2";
+/// Written by earlier versions; complete by construction (renamed into place).
+const MAGIC_RENAMED: &str = "tdc-milter-spool 1";
+/// The mode of a journal being written, and the bit that marks it complete.
+const MODE_WRITING: u32 = 0o600;
+const COMPLETE_BIT: u32 = 0o100;
 /// MIDs are reserved in blocks so the counter file is written rarely, and a MID is
 /// never reused after a crash.
 const MID_BLOCK: u64 = 1000;
@@ -100,6 +114,10 @@ impl Spool {
         let mut damaged = Vec::new();
         for item in fs::read_dir(&active).map_err(err("cannot read", &active))? {
             let path = item.map_err(err("cannot read", &active))?.path();
+            if unfinished_write(&path) {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
             match read_header(&path) {
                 Ok(entry) => entries.push(entry),
                 Err(reason) => damaged.push(Damaged { path, reason }),
@@ -162,13 +180,26 @@ impl Spool {
 
     /// Writes a journal durably; when this returns Ok the journal survives a crash.
     pub fn write(&self, entry: &SpoolEntry, journal: &[u8]) -> Result<(), SpoolError> {
-        let mut bytes = render_header(entry).into_bytes();
-        bytes.extend_from_slice(journal);
-        write_durably(
-            &self.path(entry.mid, entry.attempts),
-            &self.incoming,
-            &bytes,
-        )
+        let path = self.path(entry.mid, entry.attempts);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(MODE_WRITING)
+            .open(&path)
+            .map_err(err("cannot create", &path))?;
+        let result = (|| {
+            // Two writes: joining header and journal would copy the whole journal.
+            file.write_all(render_header(entry).as_bytes())
+                .and_then(|()| file.write_all(journal))
+                .map_err(err("cannot write", &path))?;
+            file.set_permissions(fs::Permissions::from_mode(MODE_WRITING | COMPLETE_BIT))
+                .map_err(err("cannot mark complete", &path))?;
+            file.sync_all().map_err(err("cannot sync", &path))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&path);
+        }
+        result
     }
 
     /// The journal bytes of a spooled entry.
@@ -238,6 +269,21 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(err("cannot sync directory", dir))
 }
 
+/// A journal file whose write never finished: no completion mark, and what is there
+/// is (the start of) a current-format header. Anything else is judged by its header.
+fn unfinished_write(path: &Path) -> bool {
+    let Ok(meta) = fs::metadata(path) else {
+        return false;
+    };
+    if meta.permissions().mode() & COMPLETE_BIT != 0 {
+        return false;
+    }
+    let mut start = Vec::with_capacity(MAGIC.len());
+    File::open(path)
+        .and_then(|f| f.take(MAGIC.len() as u64).read_to_end(&mut start))
+        .is_ok_and(|_| MAGIC.as_bytes().starts_with(&start))
+}
+
 /// Header values are ours or sanitised, but a Message-ID may hold anything: keep each
 /// value on its line.
 fn one_line(value: &str) -> String {
@@ -279,7 +325,7 @@ fn read_header(path: &Path) -> Result<SpoolEntry, String> {
     let end = header_end(&bytes).ok_or("no end of header")?;
     let header = String::from_utf8_lossy(&bytes[..end]);
     let mut lines = header.lines();
-    if lines.next() != Some(MAGIC) {
+    if !matches!(lines.next(), Some(MAGIC | MAGIC_RENAMED)) {
         return Err("not a tdc-milter spool file".into());
     }
     let mut entry = SpoolEntry {
@@ -373,6 +419,11 @@ mod tests {
         assert!(spool.allocate_mid().expect("mid") > next);
     }
 
+    fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) {
+        fs::write(path, bytes).expect("write");
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
     #[test]
     fn half_written_and_damaged_files_never_become_deliveries() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -380,22 +431,58 @@ mod tests {
         let mut e = entry(7);
         e.size = 3;
         spool.write(&e, b"abc").expect("write");
+        let written = dir.path().join("active/7.0");
+        let mode = fs::metadata(&written).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "marked complete");
         drop(spool);
-        fs::write(dir.path().join("incoming/8.0.tmp"), b"half").expect("write tmp");
-        fs::write(dir.path().join("active/9.0"), b"garbage without header").expect("write");
-        let truncated = fs::read(dir.path().join("active/7.0")).expect("read");
-        fs::write(
-            dir.path().join("active/10.0"),
-            &truncated[..truncated.len() - 1],
-        )
-        .expect("write");
+        let whole = fs::read(&written).expect("read");
+        let active = |name: &str| dir.path().join("active").join(name);
+        // A marked file that is not a spool file, or is shorter than its header says:
+        // damaged, moved aside.
+        write_with_mode(&active("9.0"), b"garbage without header", 0o700);
+        write_with_mode(&active("10.0"), &whole[..whole.len() - 1], 0o700);
+        // Unmarked garbage is not ours to delete either.
+        write_with_mode(&active("11.0"), b"garbage", 0o600);
+        // Writes that never finished (no mark), cut anywhere: removed quietly, since
+        // the MTA never heard they were spooled.
+        write_with_mode(&active("12.0"), &whole, 0o600);
+        write_with_mode(&active("13.0"), &whole[..10], 0o600);
+        write_with_mode(&active("14.0"), b"", 0o600);
+        // A file of the format before the mark was renamed into place complete.
+        let renamed = String::from_utf8_lossy(&whole).replace(MAGIC, MAGIC_RENAMED);
+        let renamed = renamed.replace("mid 7", "mid 15");
+        write_with_mode(&active("15.0"), renamed.as_bytes(), 0o600);
 
         let (spool, found, damaged) = Spool::open(dir.path()).expect("reopen");
-        assert_eq!(found.iter().map(|e| e.mid).collect::<Vec<_>>(), vec![7]);
-        assert_eq!(damaged.len(), 2, "{damaged:?}");
-        assert!(!dir.path().join("incoming/8.0.tmp").exists());
-        assert!(spool.corrupt_dir().join("9.0").exists());
-        assert!(spool.corrupt_dir().join("10.0").exists());
+        assert_eq!(found.iter().map(|e| e.mid).collect::<Vec<_>>(), vec![7, 15]);
+        assert_eq!(spool.read_journal(&found[1]).expect("read"), b"abc");
+        let mut damaged: Vec<String> = damaged
+            .iter()
+            .filter_map(|d| d.path.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        damaged.sort();
+        assert_eq!(damaged, ["10.0", "11.0", "9.0"]);
+        for name in ["9.0", "10.0", "11.0"] {
+            assert!(spool.corrupt_dir().join(name).exists(), "{name}");
+        }
+        for name in ["12.0", "13.0", "14.0"] {
+            assert!(!active(name).exists(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _, _) = Spool::open(dir.path()).expect("open");
+        let mut e = entry(3);
+        e.size = 1;
+        spool.write(&e, b"x").expect("write");
+        // The same name again: the write is refused and the first file kept intact.
+        let error = spool.write(&e, b"y").expect_err("must fail");
+        assert!(error.to_string().starts_with("cannot create"), "{error}");
+        drop(spool);
+        let (_, found, damaged) = Spool::open(dir.path()).expect("reopen");
+        assert_eq!((found.len(), damaged.len()), (1, 0));
     }
 
     #[test]
