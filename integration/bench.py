@@ -597,6 +597,8 @@ def one_run(stack, scenario, count, sessions, size):
         out["delivered"] = counter(m1, "tdc_milter_journals_delivered") - counter(m0, "tdc_milter_journals_delivered")
         out["eom"] = histogram_delta(histogram(m1, "tdc_milter_end_of_message_seconds"),
                                      histogram(m0, "tdc_milter_end_of_message_seconds"))
+        out["spool_write"] = histogram_delta(histogram(m1, "tdc_milter_spool_write_seconds"),
+                                             histogram(m0, "tdc_milter_spool_write_seconds"))
         out["a2d"] = histogram_delta(histogram(m1, "tdc_milter_accept_to_delivered_seconds"),
                                      histogram(m0, "tdc_milter_accept_to_delivered_seconds"))
     return out
@@ -790,22 +792,28 @@ def build_report(args, description, results, backlogs, sizes, main_size):
                                "percentile arrival, after the intake comes back)" % drain["milter"]["count"],
                                drain["bcc"]["drain_rate"], drain["milter"]["drain_rate"], "msgs/s", 1.0))
 
-    def latency_row(name, key, q, limit, what):
+    def latency_row(name, key, q, limit, what, part=None):
         for load in ("light", "load"):
             rs = [r for r in results if r["scenario"] == "milter" and r["size"] == s
                   and r.get("load", "load") == load and key in r]
-            found = sorted(filter(None, (quantile(r[key], q) for r in rs)))
+            found = sorted(((quantile(r[key], q), r) for r in rs if quantile(r[key], q)), key=lambda f: f[0][0])
             if not found:
                 continue
-            mid = found[(len(found) - 1) // 2]  # the median run (the lower one of an even count)
+            mid, run = found[(len(found) - 1) // 2]  # the median run (the lower one of an even count)
             how = ("light load: %d × %s in 1 session" % (rs[0]["count"], size_text(s)) if load == "light"
                    else "under load: %d × %s in %d sessions" % (rs[0]["count"], size_text(s), args.sessions))
-            lines.append(row("%s, %s (%s; median run's bucket (%s, %s] ms)" % (
-                name, how, what, fmt(mid[1] * 1e3), fmt(mid[2] * 1e3)), "—", "≤ %g ms" % (limit * 1e3),
+            detail = ""
+            if part and run.get(part[0]):
+                share = quantile(run[part[0]], q)
+                if share:
+                    detail = "; %s p%g in that run %s ms" % (part[1], q * 100, fmt(share[0] * 1e3))
+            lines.append(row("%s, %s (%s; median run's bucket (%s, %s] ms%s)" % (
+                name, how, what, fmt(mid[1] * 1e3), fmt(mid[2] * 1e3), detail), "—", "≤ %g ms" % (limit * 1e3),
                 fmt(mid[0] * 1e3, "ms"), None, mid[0] <= limit))
 
     latency_row("c. End of message inside tdc-milter, p99", "eom", 0.99, 0.002,
-                "daemon histogram, buckets 0.1 ms × 2ⁿ, linear inside the bucket")
+                "daemon histogram, buckets 0.1 ms × √2ⁿ, linear inside the bucket",
+                part=("spool_write", "of it the spool write (write, fsync)"))
     latency_row("d. Accept (enqueue at end of message) → journal delivered, p50", "a2d", 0.5, 0.050,
                 "daemon histogram, buckets 5 ms × 2ⁿ, linear inside the bucket")
     if "milter" in drain:

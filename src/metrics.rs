@@ -148,12 +148,18 @@ impl Collector for QueueCollector {
 /// The registry for one daemon.
 pub fn registry(queue: Queue) -> Registry {
     let mut registry = Registry::with_prefix("tdc_milter");
-    let (eom, delivered) = queue.stats().latency_histograms();
+    let (eom, spool_write, delivered) = queue.stats().latency_histograms();
     registry.register_with_unit(
         "end_of_message",
         "Time the milter takes at end of message (policy, journal, spool write).",
         Unit::Seconds,
         eom,
+    );
+    registry.register_with_unit(
+        "spool_write",
+        "Time spent at end of message writing the journal to the spool (write, fsync).",
+        Unit::Seconds,
+        spool_write,
     );
     registry.register_with_unit(
         "accept_to_delivered",

@@ -110,6 +110,11 @@ async fn metrics_match_the_counters_and_parse() {
         "two originals"
     );
     assert_eq!(
+        value(&scrape, "tdc_milter_spool_write_seconds", None),
+        2.0,
+        "two journals spooled"
+    );
+    assert_eq!(
         value(&scrape, "tdc_milter_accept_to_delivered_seconds", None),
         1.0
     );

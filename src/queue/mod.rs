@@ -286,8 +286,14 @@ impl Queue {
         let writer = self.shared.clone();
         let to_write = spooled.clone();
         let message = entry.message;
-        tokio::task::spawn_blocking(move || writer.spool.write(&to_write, &message))
-            .await
+        let started = std::time::Instant::now();
+        let written =
+            tokio::task::spawn_blocking(move || writer.spool.write(&to_write, &message)).await;
+        shared
+            .stats
+            .spool_write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        written
             .map_err(|e| {
                 EnqueueError::Spool(SpoolError {
                     what: "spool writer failed for".into(),
