@@ -5,8 +5,8 @@
 //! can never tell different stories. Journals still in the spool at start are taken
 //! back with a "recovered" line, so their tracking survives a restart.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -19,11 +19,18 @@ pub const DEFAULT_CAPACITY: usize = 10_000;
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Lines kept per journal: the first ones (how it was queued and first tried) and
 /// the latest ones (how it ended), with one line saying how many were left out in
-/// between. A journal that waits out a long intake outage is tried again and again;
-/// keeping all its lines cost about 6 KiB a journal (`integration/bench`, 10,000
-/// queued), the store's whole bound.
+/// between. A journal that waits out a long intake outage is tried again and again,
+/// three lines a try; keeping all its lines let one journal grow without bound. Even
+/// so bounded, 10,000 journals at their 17 lines, kept as formatted text, cost about
+/// 2,970 bytes and 21 allocations a journal, the daemon's biggest memory; kept as
+/// `Line`s, about 740 bytes and 3 allocations (the ignored test `memory_per_journal`).
 const HEAD_LINES: usize = 4;
 const TAIL_LINES: usize = 12;
+/// Distinct free texts (failure details, bounce responses, spool errors, intake
+/// addresses) the store shares between journals. During an outage every journal fails
+/// with the same few texts, so a few suffice; the bound keeps texts no journal shares
+/// any more (a reply quoting a queue ID, say) from piling up.
+const SHARED_TEXTS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackedLine {
@@ -44,11 +51,74 @@ pub struct Journal {
     pub omitted: u64,
 }
 
+/// A kept line is what its event said, not its wording: the wording is rendered by
+/// the event itself when the line is asked for, so it is the mail log's to the byte,
+/// and a line costs `size_of::<Line>()` instead of its 20 to 230 bytes of text.
+struct Line {
+    /// Seconds since the Unix epoch.
+    at: u64,
+    what: What,
+}
+
+/// The events about a MID, owned. The MID, queue ID, Message-ID and intake are the
+/// journal's, stored once for all its lines.
+enum What {
+    Enqueued,
+    RecoveredJournal,
+    DeliveryStart {
+        dcid: u64,
+    },
+    Delivered,
+    /// The appliance's message-tracking wording for a delivered journal.
+    DeliveredForScanning,
+    Finished,
+    TlsFailed,
+    HardBounced,
+    /// Boxed: it ends a journal, so there is at most one; inline, it would make every
+    /// line 8 bytes larger.
+    Bounced(Box<Bounce>),
+    FailureDetail(Arc<str>),
+    RetryScheduled {
+        delay_secs: u64,
+    },
+    Expired {
+        lifetime_secs: u64,
+    },
+    SpoolFailure(Arc<str>),
+    /// An event that could not be mirrored (a variant added since, or a queued line
+    /// whose IDs are not the journal's): its text, so nothing is lost.
+    Text(Arc<str>),
+}
+
+struct Bounce {
+    dcid: u64,
+    response: Arc<str>,
+}
+
+/// One journal's lines: up to HEAD_LINES + TAIL_LINES, and the count of those left out
+/// in between.
+struct Kept {
+    queue_id: Box<str>,
+    message_id: Box<str>,
+    intake: Arc<str>,
+    lines: Vec<Line>,
+    omitted: u64,
+    /// When the first line was left out: the time of the "(N lines left out)" line.
+    omitted_at: u64,
+}
+
+/// Free texts, one allocation each however many journals quote them.
+#[derive(Default)]
+struct Interner {
+    texts: HashSet<Arc<str>>,
+}
+
 #[derive(Default)]
 struct Store {
-    journals: HashMap<u64, Journal>,
+    journals: HashMap<u64, Kept>,
     /// MIDs oldest first, for eviction.
     order: VecDeque<u64>,
+    texts: Interner,
 }
 
 pub struct Tracker {
@@ -101,14 +171,14 @@ impl Tracker {
         let mid: Option<u64> = key.parse().ok();
         let mut found: Vec<Journal> = store
             .journals
-            .values()
-            .filter(|j| {
-                Some(j.mid) == mid
+            .iter()
+            .filter(|(&m, j)| {
+                Some(m) == mid
                     || (!key.is_empty() && j.queue_id.eq_ignore_ascii_case(key))
                     || (!bare.is_empty()
                         && j.message_id.trim_start_matches('<').trim_end_matches('>') == bare)
             })
-            .cloned()
+            .map(|(&m, j)| j.journal(m))
             .collect();
         found.sort_by_key(|j| j.mid);
         found
@@ -121,8 +191,12 @@ impl Tap for Tracker {
         let Ok(mut store) = self.store.lock() else {
             return;
         };
-        let store = &mut *store;
-        if !store.journals.contains_key(&mid) {
+        let Store {
+            journals,
+            order,
+            texts,
+        } = &mut *store;
+        if !journals.contains_key(&mid) {
             let (queue_id, message_id, intake) = match event {
                 Event::Enqueued {
                     queue_id,
@@ -136,9 +210,9 @@ impl Tap for Tracker {
                     intake,
                     ..
                 } => (
-                    queue_id.to_string(),
-                    message_id.to_string(),
-                    intake.to_string(),
+                    Box::<str>::from(*queue_id),
+                    Box::<str>::from(*message_id),
+                    texts.share(intake),
                 ),
                 // Lines about a journal we never saw queued (evicted, or from before
                 // a restart without its recovery line) are not worth a stub entry.
@@ -146,66 +220,186 @@ impl Tap for Tracker {
             };
             // Oldest first: over the count, or queued longer ago than the age limit.
             let oldest_kept = now().saturating_sub(self.max_age.as_secs());
-            while let Some(&old) = store.order.front() {
-                let too_old = store
-                    .journals
+            while let Some(&old) = order.front() {
+                let too_old = journals
                     .get(&old)
                     .and_then(|j| j.lines.first())
                     .is_some_and(|l| l.at < oldest_kept);
-                if store.order.len() < self.capacity && !too_old {
+                if order.len() < self.capacity && !too_old {
                     break;
                 }
-                store.order.pop_front();
-                store.journals.remove(&old);
+                order.pop_front();
+                journals.remove(&old);
             }
-            store.order.push_back(mid);
-            store.journals.insert(
+            order.push_back(mid);
+            journals.insert(
                 mid,
-                Journal {
-                    mid,
+                Kept {
                     queue_id,
                     message_id,
                     intake,
                     lines: Vec::new(),
                     omitted: 0,
+                    omitted_at: 0,
                 },
             );
         }
-        if let Some(journal) = store.journals.get_mut(&mid) {
+        if let Some(journal) = journals.get_mut(&mid) {
             let at = now();
-            journal.push(at, line.to_string());
-            // The appliance's message-tracking wording for a delivered journal.
+            let what = journal
+                .mirror(event, texts)
+                .unwrap_or_else(|| What::Text(Arc::from(line)));
+            journal.push(at, what);
             if matches!(event, Event::Delivered { .. }) {
-                journal.push(
-                    at,
-                    format!(
-                        "TDC: Message {mid} was successfully delivered for scanning with Cisco Secure Email Threat Defense."
-                    ),
-                );
+                journal.push(at, What::DeliveredForScanning);
             }
         }
     }
 }
 
-impl Journal {
+impl Kept {
     /// Appends a line, leaving out the oldest line after the first HEAD_LINES once
     /// the journal has HEAD_LINES + TAIL_LINES.
-    fn push(&mut self, at: u64, text: String) {
-        if self.lines.len() == HEAD_LINES + TAIL_LINES {
-            self.lines.insert(
-                HEAD_LINES,
-                TrackedLine {
-                    at,
-                    text: String::new(),
-                },
-            );
-        }
-        if self.lines.len() > HEAD_LINES + TAIL_LINES {
-            self.lines.remove(HEAD_LINES + 1);
+    fn push(&mut self, at: u64, what: What) {
+        if self.lines.len() >= HEAD_LINES + TAIL_LINES {
+            self.lines.remove(HEAD_LINES);
+            if self.omitted == 0 {
+                self.omitted_at = at;
+            }
             self.omitted += 1;
-            self.lines[HEAD_LINES].text = format!("({} lines left out)", self.omitted);
         }
-        self.lines.push(TrackedLine { at, text });
+        self.lines.push(Line { at, what });
+    }
+
+    /// `event`, about this journal, as a line to keep; `None` if it cannot be kept
+    /// other than as text.
+    fn mirror(&self, event: &Event<'_>, texts: &mut Interner) -> Option<What> {
+        Some(match *event {
+            // A second queued line with other IDs than the journal's (a MID handed out
+            // twice) would be rendered with the journal's IDs: it stays text.
+            Event::Enqueued {
+                message_id,
+                intake,
+                queue_id,
+                ..
+            } if self.has_ids(queue_id, message_id, intake) => What::Enqueued,
+            Event::RecoveredJournal {
+                message_id,
+                intake,
+                queue_id,
+                ..
+            } if self.has_ids(queue_id, message_id, intake) => What::RecoveredJournal,
+            Event::DeliveryStart { dcid, .. } => What::DeliveryStart { dcid },
+            Event::Delivered { .. } => What::Delivered,
+            Event::Finished { .. } => What::Finished,
+            Event::TlsFailed { .. } => What::TlsFailed,
+            Event::HardBounced { .. } => What::HardBounced,
+            Event::Bounced { dcid, response, .. } => What::Bounced(Box::new(Bounce {
+                dcid,
+                response: texts.share(response),
+            })),
+            Event::FailureDetail { detail, .. } => What::FailureDetail(texts.share(detail)),
+            Event::RetryScheduled { delay_secs, .. } => What::RetryScheduled { delay_secs },
+            Event::Expired { lifetime_secs, .. } => What::Expired { lifetime_secs },
+            Event::SpoolFailure { error, .. } => What::SpoolFailure(texts.share(error)),
+            _ => return None,
+        })
+    }
+
+    fn has_ids(&self, queue_id: &str, message_id: &str, intake: &str) -> bool {
+        *self.queue_id == *queue_id && *self.message_id == *message_id && *self.intake == *intake
+    }
+
+    /// A line's text, worded by the event it mirrors.
+    fn text(&self, mid: u64, what: &What) -> String {
+        let event = match what {
+            What::Enqueued => Event::Enqueued {
+                mid,
+                message_id: &self.message_id,
+                intake: &self.intake,
+                queue_id: &self.queue_id,
+            },
+            What::RecoveredJournal => Event::RecoveredJournal {
+                mid,
+                message_id: &self.message_id,
+                intake: &self.intake,
+                queue_id: &self.queue_id,
+            },
+            What::DeliveryStart { dcid } => Event::DeliveryStart { dcid: *dcid, mid },
+            What::Delivered => Event::Delivered { mid },
+            What::DeliveredForScanning => {
+                return format!(
+                    "TDC: Message {mid} was successfully delivered for scanning with Cisco Secure Email Threat Defense."
+                )
+            }
+            What::Finished => Event::Finished { mid },
+            What::TlsFailed => Event::TlsFailed { mid },
+            What::HardBounced => Event::HardBounced { mid },
+            What::Bounced(bounce) => Event::Bounced {
+                dcid: bounce.dcid,
+                mid,
+                response: &bounce.response,
+            },
+            What::FailureDetail(detail) => Event::FailureDetail { mid, detail },
+            What::RetryScheduled { delay_secs } => Event::RetryScheduled {
+                mid,
+                delay_secs: *delay_secs,
+            },
+            What::Expired { lifetime_secs } => Event::Expired {
+                mid,
+                lifetime_secs: *lifetime_secs,
+            },
+            What::SpoolFailure(error) => Event::SpoolFailure { mid, error },
+            What::Text(text) => return text.to_string(),
+        };
+        event.to_string()
+    }
+
+    /// The journal as `track` shows it.
+    fn journal(&self, mid: u64) -> Journal {
+        let mut lines = Vec::with_capacity(self.lines.len() + 1);
+        for (n, line) in self.lines.iter().enumerate() {
+            if n == HEAD_LINES && self.omitted > 0 {
+                lines.push(TrackedLine {
+                    at: self.omitted_at,
+                    text: format!("({} lines left out)", self.omitted),
+                });
+            }
+            lines.push(TrackedLine {
+                at: line.at,
+                text: self.text(mid, &line.what),
+            });
+        }
+        Journal {
+            mid,
+            queue_id: self.queue_id.to_string(),
+            message_id: self.message_id.to_string(),
+            intake: self.intake.to_string(),
+            lines,
+            omitted: self.omitted,
+        }
+    }
+}
+
+impl Interner {
+    /// `text`, shared with every other holder of the same text while the interner
+    /// still has it.
+    fn share(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.texts.get(text) {
+            return Arc::clone(shared);
+        }
+        if self.texts.len() >= SHARED_TEXTS {
+            // Texts no kept line holds any more go first. If most are still held,
+            // start over rather than sweep again at the next new text: held texts stay
+            // valid where they are, and the next journals share new copies.
+            self.texts.retain(|t| Arc::strong_count(t) > 1);
+            if self.texts.len() >= SHARED_TEXTS / 2 {
+                self.texts.clear();
+            }
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.texts.insert(Arc::clone(&shared));
+        shared
     }
 }
 
@@ -223,14 +417,22 @@ mod tests {
         t.event(&e, &e.to_string());
     }
 
+    /// What the log does: the event with its own wording.
+    fn log(t: &Tracker, e: &Event<'_>) {
+        t.event(e, &e.to_string());
+    }
+
+    fn texts(j: &Journal) -> Vec<&str> {
+        j.lines.iter().map(|l| l.text.as_str()).collect()
+    }
+
     #[test]
     fn finds_by_mid_queue_id_and_message_id() {
         let t = Tracker::new(10, DEFAULT_MAX_AGE);
         enqueue(&t, 1, "Q1", "<a@x>");
         enqueue(&t, 2, "Q1", "<a@x>");
         enqueue(&t, 3, "Q3", "<b@x>");
-        let d = Event::Delivered { mid: 1 };
-        t.event(&d, &d.to_string());
+        log(&t, &Event::Delivered { mid: 1 });
         assert_eq!(t.find("1").len(), 1);
         assert_eq!(
             t.find("q1").iter().map(|j| j.mid).collect::<Vec<_>>(),
@@ -240,7 +442,7 @@ mod tests {
         assert_eq!(t.find("<b@x>")[0].mid, 3);
         assert!(t.find("nothing").is_empty());
         let found = t.find("1");
-        let lines: Vec<&str> = found[0].lines.iter().map(|l| l.text.as_str()).collect();
+        let lines = texts(&found[0]);
         assert_eq!(lines.len(), 3);
         assert_eq!(
             lines[2],
@@ -257,8 +459,7 @@ mod tests {
         assert!(t.find("1").is_empty());
         assert_eq!(t.find("3").len(), 1);
         // Lines about an evicted journal do not bring it back.
-        let d = Event::Delivered { mid: 1 };
-        t.event(&d, &d.to_string());
+        log(&t, &Event::Delivered { mid: 1 });
         assert!(t.find("1").is_empty());
     }
 
@@ -281,26 +482,367 @@ mod tests {
     fn a_journal_keeps_its_first_and_latest_lines() {
         let t = Tracker::new(10, Duration::from_secs(3600));
         enqueue(&t, 7, "q7", "<m7@x>");
-        for n in 0..100 {
-            let e = Event::RetryScheduled {
+        let retry = |n| {
+            Event::RetryScheduled {
                 mid: 7,
                 delay_secs: n,
-            };
-            t.event(&e, &format!("attempt {n}"));
+            }
+            .to_string()
+        };
+        for n in 0..100 {
+            log(
+                &t,
+                &Event::RetryScheduled {
+                    mid: 7,
+                    delay_secs: n,
+                },
+            );
         }
-        let e = Event::Finished { mid: 7 };
-        t.event(&e, "the end");
+        log(&t, &Event::Finished { mid: 7 });
         let j = &t.find("7")[0];
         assert_eq!(j.lines.len(), HEAD_LINES + 1 + TAIL_LINES);
-        let texts: Vec<&str> = j.lines.iter().map(|l| l.text.as_str()).collect();
+        let texts = texts(j);
         assert!(texts[0].contains("enqueued"), "{texts:?}");
-        assert_eq!(
-            texts[1..HEAD_LINES],
-            ["attempt 0", "attempt 1", "attempt 2"]
-        );
+        assert_eq!(texts[1..HEAD_LINES], [retry(0), retry(1), retry(2)]);
         assert_eq!(j.omitted, 101 - (HEAD_LINES as u64 - 1) - TAIL_LINES as u64);
         assert_eq!(texts[HEAD_LINES], format!("({} lines left out)", j.omitted));
-        assert_eq!(texts.last(), Some(&"the end"));
-        assert_eq!(texts[texts.len() - 2], "attempt 99");
+        assert_eq!(texts.last(), Some(&"Message finished MID 7 done"));
+        assert_eq!(texts[texts.len() - 2], retry(99));
+    }
+
+    #[test]
+    fn the_left_out_line_is_dated_when_lines_were_first_left_out() {
+        let t = Tracker::new(10, DEFAULT_MAX_AGE);
+        enqueue(&t, 7, "q7", "");
+        for n in 0..(HEAD_LINES + TAIL_LINES) as u64 - 1 {
+            log(
+                &t,
+                &Event::RetryScheduled {
+                    mid: 7,
+                    delay_secs: n,
+                },
+            );
+        }
+        // Date the lines so far, to tell them from the one that overflows.
+        if let Ok(mut store) = t.store.lock() {
+            if let Some(j) = store.journals.get_mut(&7) {
+                for (n, line) in j.lines.iter_mut().enumerate() {
+                    line.at = n as u64;
+                }
+            }
+        }
+        assert_eq!(t.find("7")[0].omitted, 0);
+        log(&t, &Event::Finished { mid: 7 });
+        let first = t.find("7").remove(0);
+        assert_eq!(first.omitted, 1);
+        let left_out_at = first.lines[HEAD_LINES].at;
+        assert!(left_out_at > 1_000_000_000, "{left_out_at}");
+        assert_eq!(first.lines[HEAD_LINES + 1].at, HEAD_LINES as u64 + 1);
+        log(&t, &Event::Finished { mid: 7 });
+        let second = t.find("7").remove(0);
+        assert_eq!(second.omitted, 2);
+        assert_eq!(second.lines[HEAD_LINES].at, left_out_at);
+        assert_eq!(second.lines[HEAD_LINES].text, "(2 lines left out)");
+    }
+
+    #[test]
+    fn every_tracked_line_reads_as_the_log_line() {
+        let t = Tracker::new(10, DEFAULT_MAX_AGE);
+        let odd_id = "<odd'\"\\x0A id\r\n\u{0}\u{7f}é\u{1b}[31m@x y>";
+        let detail =
+            "RCPT TO: server replied 451 4.3.0 \\ later\r\nInfo: TDC: MID 9 forged\t\u{85}";
+        let events = [
+            Event::Enqueued {
+                mid: 41,
+                message_id: odd_id,
+                intake: "33c48e-27xp9\n-05ecb4@beta.cmd.cisco.com",
+                queue_id: "4b1C2d\\3E4F",
+            },
+            Event::DeliveryStart { dcid: 17, mid: 41 },
+            Event::FailureDetail { mid: 41, detail },
+            Event::SpoolFailure {
+                mid: 41,
+                error: "rename /var/spool/tdc-milter/active/41.1: No space left on device\n",
+            },
+            Event::RetryScheduled {
+                mid: 41,
+                delay_secs: 3600,
+            },
+            Event::TlsFailed { mid: 41 },
+            Event::HardBounced { mid: 41 },
+            Event::Bounced {
+                dcid: u64::MAX,
+                mid: 41,
+                response: "5.1.2 - Bad destination host ('000', ['DNS Hard Error looking up x\u{0} (MX) : NXDomain'])",
+            },
+            Event::Expired {
+                mid: 41,
+                lifetime_secs: 259_200,
+            },
+            Event::Delivered { mid: 41 },
+            Event::Finished { mid: 41 },
+            // Same IDs: mirrored, rendered with the journal's IDs.
+            Event::RecoveredJournal {
+                mid: 41,
+                message_id: odd_id,
+                intake: "33c48e-27xp9\n-05ecb4@beta.cmd.cisco.com",
+                queue_id: "4b1C2d\\3E4F",
+            },
+            // Other IDs than the journal's: kept as its text.
+            Event::Enqueued {
+                mid: 41,
+                message_id: "<other@x>",
+                intake: "other@intake.test",
+                queue_id: "OTHER",
+            },
+        ];
+        let mut want = Vec::new();
+        for e in &events {
+            log(&t, e);
+            want.push(e.to_string());
+            if matches!(e, Event::Delivered { .. }) {
+                want.push(
+                    "TDC: Message 41 was successfully delivered for scanning with Cisco Secure Email Threat Defense."
+                        .to_string(),
+                );
+            }
+        }
+        let recovered = Event::RecoveredJournal {
+            mid: 42,
+            message_id: "",
+            intake: "i@intake.test",
+            queue_id: "Q42",
+        };
+        log(&t, &recovered);
+
+        let found = t.find("41");
+        assert_eq!(found.len(), 1);
+        assert_eq!(texts(&found[0]), want);
+        assert_eq!(found[0].queue_id, "4b1C2d\\3E4F");
+        assert_eq!(found[0].message_id, odd_id);
+        assert_eq!(found[0].intake, "33c48e-27xp9\n-05ecb4@beta.cmd.cisco.com");
+        assert_eq!(t.find(odd_id)[0].mid, 41);
+        assert_eq!(t.find("4B1C2D\\3e4f")[0].mid, 41);
+        assert_eq!(texts(&t.find("42")[0]), [recovered.to_string()]);
+        // Only the queued line with other IDs fell back to text.
+        let store = t.store.lock().expect("store");
+        let as_text = store
+            .journals
+            .values()
+            .flat_map(|j| &j.lines)
+            .filter(|l| matches!(l.what, What::Text(_)))
+            .count();
+        assert_eq!(as_text, 1);
+    }
+
+    /// The interned text of a journal's failure-detail line.
+    fn detail_of(t: &Tracker, mid: u64) -> Option<Arc<str>> {
+        let store = t.store.lock().ok()?;
+        store
+            .journals
+            .get(&mid)?
+            .lines
+            .iter()
+            .find_map(|l| match &l.what {
+                What::FailureDetail(d) => Some(d.clone()),
+                _ => None,
+            })
+    }
+
+    #[test]
+    fn journals_failing_alike_share_one_text() {
+        let t = Tracker::new(DEFAULT_CAPACITY, DEFAULT_MAX_AGE);
+        for mid in 1..=1000 {
+            enqueue(&t, mid, &format!("Q{mid}"), "");
+            // A new String each time, as the queue makes one from each error.
+            let detail = format!(
+                "connect: {}",
+                "connection refused by 203.0.113.25:25; ".repeat(8)
+            );
+            log(
+                &t,
+                &Event::FailureDetail {
+                    mid,
+                    detail: &detail,
+                },
+            );
+        }
+        let first = detail_of(&t, 1).expect("detail");
+        for mid in 2..=1000 {
+            let other = detail_of(&t, mid).expect("detail");
+            assert!(Arc::ptr_eq(&first, &other), "MID {mid}");
+        }
+        // 1,000 lines, the interner, and `first` here.
+        assert_eq!(Arc::strong_count(&first), 1002);
+        let want = Event::FailureDetail {
+            mid: 1000,
+            detail: &first,
+        }
+        .to_string();
+        assert_eq!(t.find("1000")[0].lines[1].text, want);
+    }
+
+    #[test]
+    fn the_shared_texts_stay_bounded() {
+        let t = Tracker::new(DEFAULT_CAPACITY, DEFAULT_MAX_AGE);
+        let interned = |t: &Tracker| t.store.lock().map(|s| s.texts.texts.len()).unwrap_or(0);
+        // Texts dropped with the lines that quoted them.
+        enqueue(&t, 1, "Q1", "");
+        for n in 0..10 * SHARED_TEXTS {
+            let detail = format!("RCPT TO: server replied 451 try {n}");
+            log(
+                &t,
+                &Event::FailureDetail {
+                    mid: 1,
+                    detail: &detail,
+                },
+            );
+            assert!(interned(&t) <= SHARED_TEXTS, "after {n}");
+        }
+        // Texts all still quoted, each by its journal.
+        for mid in 2..2 + 5 * SHARED_TEXTS as u64 {
+            enqueue(&t, mid, &format!("Q{mid}"), "");
+            let detail = format!("RCPT TO: server replied 451 journal {mid}");
+            log(
+                &t,
+                &Event::FailureDetail {
+                    mid,
+                    detail: &detail,
+                },
+            );
+            assert!(interned(&t) <= SHARED_TEXTS, "after MID {mid}");
+        }
+        // Texts let go by the interner still read right where they are kept.
+        for mid in [2, 3, SHARED_TEXTS as u64, 1 + 5 * SHARED_TEXTS as u64] {
+            let detail = format!("RCPT TO: server replied 451 journal {mid}");
+            assert_eq!(
+                t.find(&mid.to_string())[0].lines[1].text,
+                Event::FailureDetail {
+                    mid,
+                    detail: &detail
+                }
+                .to_string()
+            );
+        }
+        let last = format!("RCPT TO: server replied 451 try {}", 10 * SHARED_TEXTS - 1);
+        let lines = &t.find("1")[0].lines;
+        assert_eq!(
+            lines[lines.len() - 1].text,
+            Event::FailureDetail {
+                mid: 1,
+                detail: &last
+            }
+            .to_string()
+        );
+    }
+
+    /// The store's size in the worst case: DEFAULT_CAPACITY journals, each at its
+    /// HEAD_LINES + 1 + TAIL_LINES lines, failing with the same long text, beside
+    /// what the same journals cost kept as formatted text. Heap bytes from sizes and
+    /// capacities; the allocator's own overhead (about 16 bytes an allocation) is not
+    /// in them. `cargo test --lib memory_per_journal -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn memory_per_journal() {
+        use std::mem::size_of;
+        /// Bytes of a hashbrown table: its buckets, a control byte each.
+        fn table(capacity: usize, entry: usize) -> usize {
+            let buckets = (capacity * 8 / 7).next_power_of_two();
+            buckets * (entry + 1)
+        }
+        /// An `Arc<str>`'s allocation: two counts and the text.
+        fn arc(text: &str) -> usize {
+            2 * size_of::<usize>() + text.len()
+        }
+
+        let t = Tracker::new(DEFAULT_CAPACITY, DEFAULT_MAX_AGE);
+        let detail = "RCPT TO: server replied 451 4.3.0 Temporary failure: the message intake is unavailable, please try again later (queue full, intake 33c48e-27xp9-05ecb4)";
+        for mid in 1..=DEFAULT_CAPACITY as u64 {
+            let qid = format!("4B1C{mid:06X}");
+            let id = format!("<{mid}.20240216211922.4B1C2D3E4F@sender.example.com>");
+            log(
+                &t,
+                &Event::Enqueued {
+                    mid,
+                    message_id: &id,
+                    intake: "33c48e-27xp9-05ecb4@beta.cmd.cisco.com",
+                    queue_id: &qid,
+                },
+            );
+            for n in 0..10 {
+                log(
+                    &t,
+                    &Event::DeliveryStart {
+                        dcid: mid * 10 + n,
+                        mid,
+                    },
+                );
+                log(&t, &Event::FailureDetail { mid, detail });
+                log(
+                    &t,
+                    &Event::RetryScheduled {
+                        mid,
+                        delay_secs: 60,
+                    },
+                );
+            }
+        }
+
+        let store = t.store.lock().expect("store");
+        let mut compact = table(store.journals.capacity(), size_of::<(u64, Kept)>())
+            + store.order.capacity() * size_of::<u64>()
+            + table(store.texts.texts.capacity(), size_of::<Arc<str>>())
+            + store.texts.texts.iter().map(|s| arc(s)).sum::<usize>();
+        let mut compact_allocations = 3 + store.texts.texts.len();
+        for j in store.journals.values() {
+            assert_eq!(j.lines.len(), HEAD_LINES + TAIL_LINES);
+            compact +=
+                j.lines.capacity() * size_of::<Line>() + j.queue_id.len() + j.message_id.len();
+            compact_allocations += 3;
+            for line in &j.lines {
+                match &line.what {
+                    What::Text(text) => {
+                        compact += arc(text);
+                        compact_allocations += 1;
+                    }
+                    What::Bounced(_) => {
+                        compact += size_of::<Bounce>();
+                        compact_allocations += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        // As formatted text: a Journal each, its lines' Vec grown by doubling to 17.
+        let found: Vec<Journal> = store
+            .journals
+            .iter()
+            .map(|(&mid, j)| j.journal(mid))
+            .collect();
+        let mut as_text = table(store.journals.capacity(), size_of::<(u64, Journal)>())
+            + store.order.capacity() * size_of::<u64>();
+        let mut as_text_allocations = 2;
+        for j in &found {
+            assert_eq!(j.lines.len(), HEAD_LINES + 1 + TAIL_LINES);
+            as_text += j.lines.len().next_power_of_two() * size_of::<TrackedLine>()
+                + j.queue_id.len()
+                + j.message_id.len()
+                + j.intake.len()
+                + j.lines.iter().map(|l| l.text.len()).sum::<usize>();
+            as_text_allocations += 4 + j.lines.len();
+        }
+        let n = store.journals.len();
+        println!(
+            "{n} journals of {} lines: as text {} bytes a journal ({} allocations), compact {} bytes a journal ({} allocations); size_of Line {}, Kept {}",
+            HEAD_LINES + 1 + TAIL_LINES,
+            as_text / n,
+            as_text_allocations / n,
+            compact / n,
+            compact_allocations / n,
+            size_of::<Line>(),
+            size_of::<Kept>(),
+        );
+        assert!(compact < as_text);
     }
 }
