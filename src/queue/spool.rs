@@ -1,24 +1,30 @@
 //! The durable spool of the.tdc.queue: one file per journal, written before the
 //! milter answers the MTA, so a crash or restart loses nothing still in its lifetime.
 //!
-//! A journal is written straight to its place and marked complete the way Postfix
-//! marks its queue files (cleanup's `mail_stream_finish`): the owner-execute bit is
-//! set, then the file is fsynced, once. A file without the mark is a write that never
-//! finished, was never acknowledged to the MTA, and is removed at start; a marked file
-//! must still match the size in its header. One fsync, no rename and no directory
-//! sync is the end-of-message cost: on ext4 (Debian's default, journalled) the fsync
-//! of a new file commits the transaction that holds its directory entry, and Postfix
-//! relies on the same for its own queue. File names carry the MID and the attempts
-//! made, so marking a retry is one atomic rename.
+//! A journal is marked complete the way Postfix marks its queue files (cleanup's
+//! `mail_stream_finish`): the owner-execute bit is set, then the file is fsynced, once;
+//! its header also carries the journal's size and CRC-32. A file without the mark is a
+//! write that never finished, was never acknowledged to the MTA, and is dropped at
+//! start; a marked file must match its size and CRC. That one fsync, with no directory
+//! sync, is the end-of-message cost: the journal's content and mark are durable
+//! wherever its name ends up, because the start scans every place a name can be.
+//!
+//! Files of delivered journals are recycled rather than deleted: taking a new inode
+//! for every journal and freeing it again was over a third of the daemon's CPU on an
+//! ext4 without journal (the kernel's `recently_deleted` scan; `docs/BENCHMARKS.md`),
+//! and overwriting a file of the same size allocates no blocks either. A recycled file
+//! is unmarked and waits in `free/`; a new journal is written into it, marked,
+//! fsynced, and renamed to its name in `active/`.
 //!
 //! ```text
 //! SPOOL/active/<mid>.<attempts>   header lines, an empty line, the journal bytes
+//! SPOOL/free/<n>                  unmarked files waiting to be reused
 //! SPOOL/incoming/next-mid.tmp     the MID counter being replaced; removed at start
 //! SPOOL/next-mid                  MIDs handed out are below this number
 //! ```
 //!
 //! Format 1 files (tdc-milter before the completion mark) were renamed into place
-//! once complete, so they are taken back whatever their mode.
+//! once complete, so they are taken back whatever their mode and without a CRC.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -33,6 +39,10 @@ const MAGIC_RENAMED: &str = "tdc-milter-spool 1";
 /// The mode of a journal being written, and the bit that marks it complete.
 const MODE_WRITING: u32 = 0o600;
 const COMPLETE_BIT: u32 = 0o100;
+/// Files kept for reuse, and the largest one kept: a burst of big journals must not
+/// leave their disk space held (at most 128 × 256 KiB).
+const FREE_FILES: usize = 128;
+const FREE_FILE_MAX: u64 = 256 * 1024;
 /// MIDs are reserved in blocks so the counter file is written rarely, and a MID is
 /// never reused after a crash.
 const MID_BLOCK: u64 = 1000;
@@ -84,10 +94,15 @@ pub struct Damaged {
 
 pub struct Spool {
     active: PathBuf,
+    free: PathBuf,
     incoming: PathBuf,
     corrupt: PathBuf,
     mid_file: PathBuf,
     mids: Mutex<MidCounter>,
+    /// Names of the files in `free/`.
+    free_files: Mutex<Vec<PathBuf>>,
+    /// Names for released files: unique for the life of the process.
+    next_free_name: std::sync::atomic::AtomicU64,
 }
 
 struct MidCounter {
@@ -99,9 +114,10 @@ impl Spool {
     /// Opens (creating) the spool and returns what it holds.
     pub fn open(dir: &Path) -> Result<(Spool, Vec<SpoolEntry>, Vec<Damaged>), SpoolError> {
         let active = dir.join("active");
+        let free = dir.join("free");
         let incoming = dir.join("incoming");
         let corrupt = dir.join("corrupt");
-        for d in [dir, &active, &incoming] {
+        for d in [dir, &active, &free, &incoming] {
             fs::create_dir_all(d).map_err(err("cannot create spool directory", d))?;
         }
         // Leftovers of writes that never completed were never acknowledged as spooled;
@@ -112,16 +128,39 @@ impl Spool {
         }
         let mut entries = Vec::new();
         let mut damaged = Vec::new();
-        for item in fs::read_dir(&active).map_err(err("cannot read", &active))? {
-            let path = item.map_err(err("cannot read", &active))?.path();
-            if unfinished_write(&path) {
-                let _ = fs::remove_file(&path);
-                continue;
+        let mut free_files = Vec::new();
+        let mut moved = false;
+        for place in [&active, &free] {
+            for item in fs::read_dir(place).map_err(err("cannot read", place))? {
+                let path = item.map_err(err("cannot read", place))?.path();
+                // In free/, every unmarked file is free, whatever it held; in active/,
+                // an unmarked file of this format was never acknowledged.
+                let unmarked = if place == &free {
+                    !marked(&path)
+                } else {
+                    unfinished_write(&path)
+                };
+                if unmarked {
+                    free_files.push(path);
+                    continue;
+                }
+                match read_header(&path) {
+                    Ok(entry) => {
+                        // A recycled file whose rename into place did not reach the
+                        // disk before a crash: the header says which journal it is.
+                        let canonical = active.join(format!("{}.{}", entry.mid, entry.attempts));
+                        if path != canonical {
+                            fs::rename(&path, &canonical).map_err(err("cannot rename", &path))?;
+                            moved = true;
+                        }
+                        entries.push(entry);
+                    }
+                    Err(reason) => damaged.push(Damaged { path, reason }),
+                }
             }
-            match read_header(&path) {
-                Ok(entry) => entries.push(entry),
-                Err(reason) => damaged.push(Damaged { path, reason }),
-            }
+        }
+        if moved {
+            sync_dir(&active)?;
         }
         if !damaged.is_empty() {
             fs::create_dir_all(&corrupt).map_err(err("cannot create spool directory", &corrupt))?;
@@ -132,6 +171,37 @@ impl Spool {
             }
         }
         entries.sort_by_key(|e| e.mid);
+        // Released files are named s<n>, n counting up from past every name there.
+        let mut next_name = free_files
+            .iter()
+            .filter(|p| p.parent() == Some(free.as_path()))
+            .filter_map(|p| {
+                p.file_name()?
+                    .to_str()?
+                    .strip_prefix('s')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |n| n + 1);
+        let mut pool = Vec::new();
+        for path in free_files {
+            let to = if path.parent() == Some(free.as_path()) {
+                path.clone()
+            } else {
+                next_name += 1;
+                free.join(format!("s{}", next_name - 1))
+            };
+            let keep = pool.len() < FREE_FILES
+                && fs::set_permissions(&path, fs::Permissions::from_mode(MODE_WRITING)).is_ok()
+                && (path == to || fs::rename(&path, &to).is_ok());
+            if keep {
+                pool.push(to);
+            } else {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        let first_name = next_name;
 
         let mid_file = dir.join("next-mid");
         let stored = match fs::read_to_string(&mid_file) {
@@ -143,6 +213,7 @@ impl Spool {
         let next = stored.max(after_spool).max(1);
         let spool = Spool {
             active,
+            free,
             incoming,
             corrupt,
             mid_file,
@@ -150,6 +221,8 @@ impl Spool {
                 next,
                 reserved_until: next,
             }),
+            free_files: Mutex::new(pool),
+            next_free_name: std::sync::atomic::AtomicU64::new(first_name),
         };
         Ok((spool, entries, damaged))
     }
@@ -181,25 +254,35 @@ impl Spool {
     /// Writes a journal durably; when this returns Ok the journal survives a crash.
     pub fn write(&self, entry: &SpoolEntry, journal: &[u8]) -> Result<(), SpoolError> {
         let path = self.path(entry.mid, entry.attempts);
-        let mut file = OpenOptions::new()
+        let header = render_header(entry, crc32fast::hash(journal));
+        let Some(recycled) = self.take_free_file() else {
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(MODE_WRITING)
+                .open(&path)
+                .map_err(err("cannot create", &path))?;
+            let result = write_marked(file, &path, &header, journal);
+            if result.is_err() {
+                let _ = fs::remove_file(&path);
+            }
+            return result;
+        };
+        let result = OpenOptions::new()
             .write(true)
-            .create_new(true)
-            .mode(MODE_WRITING)
-            .open(&path)
-            .map_err(err("cannot create", &path))?;
-        let result = (|| {
-            // Two writes: joining header and journal would copy the whole journal.
-            file.write_all(render_header(entry).as_bytes())
-                .and_then(|()| file.write_all(journal))
-                .map_err(err("cannot write", &path))?;
-            file.set_permissions(fs::Permissions::from_mode(MODE_WRITING | COMPLETE_BIT))
-                .map_err(err("cannot mark complete", &path))?;
-            file.sync_all().map_err(err("cannot sync", &path))
-        })();
+            .open(&recycled)
+            .map_err(err("cannot open", &recycled))
+            .and_then(|file| write_marked(file, &recycled, &header, journal))
+            .and_then(|()| fs::rename(&recycled, &path).map_err(err("cannot rename", &recycled)));
         if result.is_err() {
-            let _ = fs::remove_file(&path);
+            // Marked or half written, it must not be taken for a journal or reused.
+            let _ = fs::remove_file(&recycled);
         }
         result
+    }
+
+    fn take_free_file(&self) -> Option<PathBuf> {
+        self.free_files.lock().ok()?.pop()
     }
 
     /// The journal bytes of a spooled entry.
@@ -224,15 +307,60 @@ impl Spool {
         sync_dir(&self.active)
     }
 
-    /// The journal has left the queue.
+    /// The journal has left the queue: its file is unmarked and kept for reuse, or
+    /// removed.
     pub fn remove(&self, entry: &SpoolEntry) -> Result<(), SpoolError> {
         let path = self.path(entry.mid, entry.attempts);
+        if entry.size < FREE_FILE_MAX && self.release(&path) {
+            return Ok(());
+        }
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(err("cannot remove", &path)(e)),
         }
     }
+
+    /// Moves a finished journal's file to `free/`, unmarked; false if it was not kept.
+    fn release(&self, path: &Path) -> bool {
+        let Ok(mut pool) = self.free_files.lock() else {
+            return false;
+        };
+        if pool.len() >= FREE_FILES {
+            return false;
+        }
+        let n = self
+            .next_free_name
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let to = self.free.join(format!("s{n}"));
+        // Unmarked first: a crash after the rename must not leave a marked file in
+        // free/, which the start would take for a journal and deliver again.
+        if fs::set_permissions(path, fs::Permissions::from_mode(MODE_WRITING)).is_err()
+            || fs::rename(path, &to).is_err()
+        {
+            return false;
+        }
+        pool.push(to);
+        true
+    }
+}
+
+/// Header, journal, the completion mark, one fsync. The file may be a recycled one
+/// that was longer: it is cut to what was written.
+fn write_marked(
+    mut file: File,
+    path: &Path,
+    header: &str,
+    journal: &[u8],
+) -> Result<(), SpoolError> {
+    // Two writes: joining header and journal would copy the whole journal.
+    file.write_all(header.as_bytes())
+        .and_then(|()| file.write_all(journal))
+        .and_then(|()| file.set_len((header.len() + journal.len()) as u64))
+        .map_err(err("cannot write", path))?;
+    file.set_permissions(fs::Permissions::from_mode(MODE_WRITING | COMPLETE_BIT))
+        .map_err(err("cannot mark complete", path))?;
+    file.sync_all().map_err(err("cannot sync", path))
 }
 
 /// temp file in `scratch`, write, fsync, rename into place, fsync the directory.
@@ -269,13 +397,15 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(err("cannot sync directory", dir))
 }
 
+/// Whether a file carries the completion mark.
+fn marked(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.permissions().mode() & COMPLETE_BIT != 0)
+}
+
 /// A journal file whose write never finished: no completion mark, and what is there
 /// is (the start of) a current-format header. Anything else is judged by its header.
 fn unfinished_write(path: &Path) -> bool {
-    let Ok(meta) = fs::metadata(path) else {
-        return false;
-    };
-    if meta.permissions().mode() & COMPLETE_BIT != 0 {
+    if !fs::exists(path).unwrap_or(false) || marked(path) {
         return false;
     }
     let mut start = Vec::with_capacity(MAGIC.len());
@@ -293,9 +423,9 @@ fn one_line(value: &str) -> String {
         .collect()
 }
 
-fn render_header(e: &SpoolEntry) -> String {
+fn render_header(e: &SpoolEntry, crc: u32) -> String {
     format!(
-        "{MAGIC}\nmid {}\nenqueued-ms {}\nintake {}\nsender {}\neight-bit {}\nqueue-id {}\nmessage-id {}\nsize {}\n\n",
+        "{MAGIC}\nmid {}\nenqueued-ms {}\nintake {}\nsender {}\neight-bit {}\nqueue-id {}\nmessage-id {}\nsize {}\ncrc32 {crc:08x}\n\n",
         e.mid,
         e.enqueued_ms,
         one_line(&e.intake),
@@ -311,40 +441,43 @@ fn header_end(bytes: &[u8]) -> Option<usize> {
     bytes.windows(2).position(|w| w == b"\n\n").map(|p| p + 2)
 }
 
-/// Reads the header of a spool file; the file name gives MID and attempts.
+/// Reads the header of a spool file. The header says which journal it is; the name
+/// gives the attempts made, when it is that journal's name (a recycled file may still
+/// carry a free file's name, or an earlier journal's, after a crash).
 fn read_header(path: &Path) -> Result<SpoolEntry, String> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let (mid, attempts) = name
+    let from_name = name
         .split_once('.')
-        .and_then(|(m, a)| Some((m.parse::<u64>().ok()?, a.parse::<u32>().ok()?)))
-        .ok_or_else(|| format!("unexpected file name {name:?}"))?;
+        .and_then(|(m, a)| Some((m.parse::<u64>().ok()?, a.parse::<u32>().ok()?)));
     let bytes = fs::read(path).map_err(|e| e.to_string())?;
     let end = header_end(&bytes).ok_or("no end of header")?;
     let header = String::from_utf8_lossy(&bytes[..end]);
     let mut lines = header.lines();
-    if !matches!(lines.next(), Some(MAGIC | MAGIC_RENAMED)) {
+    let format = lines.next();
+    if !matches!(format, Some(MAGIC | MAGIC_RENAMED)) {
         return Err("not a tdc-milter spool file".into());
     }
+    let journal = &bytes[end..];
     let mut entry = SpoolEntry {
-        mid,
+        mid: 0,
         intake: String::new(),
         sender: String::new(),
         eight_bit: false,
         queue_id: String::new(),
         message_id: String::new(),
         enqueued_ms: 0,
-        attempts,
-        size: (bytes.len() - end) as u64,
+        attempts: 0,
+        size: journal.len() as u64,
     };
     let mut size_in_header = None;
+    let mut crc_in_header = None;
     for line in lines.filter(|l| !l.is_empty()) {
         let (key, value) = line.split_once(' ').unwrap_or((line, ""));
         match key {
-            "mid" if value.parse() == Ok(mid) => {}
-            "mid" => return Err(format!("MID {value} does not match the file name")),
+            "mid" => entry.mid = value.parse().map_err(|_| "bad mid")?,
             "enqueued-ms" => entry.enqueued_ms = value.parse().map_err(|_| "bad enqueued-ms")?,
             "intake" => entry.intake = value.to_string(),
             "sender" => entry.sender = value.to_string(),
@@ -352,17 +485,34 @@ fn read_header(path: &Path) -> Result<SpoolEntry, String> {
             "queue-id" => entry.queue_id = value.to_string(),
             "message-id" => entry.message_id = value.to_string(),
             "size" => size_in_header = value.parse::<u64>().ok(),
+            "crc32" => crc_in_header = u32::from_str_radix(value, 16).ok(),
             _ => {}
         }
     }
-    if entry.intake.is_empty() || entry.enqueued_ms == 0 {
+    if entry.mid == 0 || entry.intake.is_empty() || entry.enqueued_ms == 0 {
         return Err("incomplete header".into());
+    }
+    match from_name {
+        Some((mid, attempts)) if mid == entry.mid => entry.attempts = attempts,
+        _ if format == Some(MAGIC_RENAMED) => {
+            return Err(format!("MID {} does not match the file name", entry.mid))
+        }
+        _ => {}
     }
     if size_in_header != Some(entry.size) {
         return Err(format!(
             "journal is {} bytes, header says {:?}",
             entry.size, size_in_header
         ));
+    }
+    if format == Some(MAGIC) {
+        let crc = crc32fast::hash(journal);
+        if crc_in_header != Some(crc) {
+            return Err(format!(
+                "journal CRC-32 is {crc:08x}, header says {}",
+                crc_in_header.map_or("none".into(), |c| format!("{c:08x}"))
+            ));
+        }
     }
     Ok(entry)
 }
@@ -468,6 +618,125 @@ mod tests {
         for name in ["12.0", "13.0", "14.0"] {
             assert!(!active(name).exists(), "{name}");
         }
+        // They are free files now.
+        assert_eq!(
+            fs::read_dir(dir.path().join("free")).expect("free").count(),
+            3
+        );
+    }
+
+    fn ino(path: &Path) -> u64 {
+        std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).expect("stat"))
+    }
+
+    fn spooled(spool: &Spool, mid: u64, journal: &[u8]) -> SpoolEntry {
+        let mut e = entry(mid);
+        e.message_id = "<m@x>".into();
+        e.size = journal.len() as u64;
+        spool.write(&e, journal).expect("write");
+        e
+    }
+
+    #[test]
+    fn delivered_files_are_reused_not_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _, _) = Spool::open(dir.path()).expect("open");
+        let long = vec![b'x'; 5000];
+        let first = spooled(&spool, 1, &long);
+        let inode = ino(&spool.path(1, 0));
+        spool.remove(&first).expect("remove");
+        assert!(!spool.path(1, 0).exists());
+        let second = spooled(&spool, 2, b"short");
+        assert_eq!(ino(&spool.path(2, 0)), inode, "the same file");
+        assert_eq!(spool.read_journal(&second).expect("read"), b"short");
+        let mode = fs::metadata(spool.path(2, 0))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        drop(spool);
+        let (_, found, damaged) = Spool::open(dir.path()).expect("reopen");
+        assert_eq!(found, vec![second]);
+        assert!(damaged.is_empty(), "{damaged:?}");
+    }
+
+    #[test]
+    fn free_files_are_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _, _) = Spool::open(dir.path()).expect("open");
+        let entries: Vec<SpoolEntry> = (1..=FREE_FILES as u64 + 10)
+            .map(|mid| spooled(&spool, mid, b"j"))
+            .collect();
+        for e in &entries {
+            spool.remove(e).expect("remove");
+        }
+        let free = fs::read_dir(dir.path().join("free")).expect("free").count();
+        assert_eq!(free, FREE_FILES);
+        assert_eq!(
+            fs::read_dir(dir.path().join("active"))
+                .expect("active")
+                .count(),
+            0
+        );
+        // A big journal's file is not kept.
+        let other = tempfile::tempdir().expect("tempdir");
+        let (spool, _, _) = Spool::open(other.path()).expect("open");
+        let big = spooled(&spool, 1, &vec![b'b'; FREE_FILE_MAX as usize]);
+        spool.remove(&big).expect("remove");
+        assert!(spool.free_files.lock().expect("pool").is_empty());
+    }
+
+    /// What a crash can leave of a recycled file: the journal under a free file's name
+    /// or under the name of the journal the file held before.
+    #[test]
+    fn recycled_files_are_found_wherever_a_crash_left_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _, _) = Spool::open(dir.path()).expect("open");
+        let a = spooled(&spool, 1, b"journal one");
+        let b = spooled(&spool, 2, b"journal two");
+        let c = spooled(&spool, 3, b"journal three");
+        spool.record_attempt(&c, 2).expect("attempt");
+        drop(spool);
+        let active = dir.path().join("active");
+        let free = dir.path().join("free");
+        // 1: written into free/s7, marked and fsynced, the rename lost.
+        fs::rename(active.join("1.0"), free.join("s7")).expect("mv");
+        // 2: written into the file of an earlier journal 9, whose release was lost.
+        fs::rename(active.join("2.0"), active.join("9.4")).expect("mv");
+        // A released file of the format before the mark: free, never a journal.
+        let old = fs::read(active.join("3.2")).expect("read");
+        let old = String::from_utf8_lossy(&old).replace(MAGIC, MAGIC_RENAMED);
+        write_with_mode(&free.join("s3"), old.as_bytes(), 0o600);
+        // A marked file whose content does not match its CRC.
+        let bytes = fs::read(active.join("3.2")).expect("read");
+        let mut flipped = bytes.clone();
+        if let Some(last) = flipped.last_mut() {
+            *last ^= 1;
+        }
+        write_with_mode(
+            &active.join("4.0"),
+            &String::from_utf8_lossy(&flipped)
+                .replace("mid 3", "mid 4")
+                .into_bytes(),
+            0o700,
+        );
+
+        let (spool, found, damaged) = Spool::open(dir.path()).expect("reopen");
+        let mut want_c = c.clone();
+        want_c.attempts = 2;
+        assert_eq!(found, vec![a.clone(), b.clone(), want_c]);
+        assert!(spool.path(1, 0).exists() && spool.path(2, 0).exists());
+        assert_eq!(spool.read_journal(&found[1]).expect("read"), b"journal two");
+        assert_eq!(damaged.len(), 1, "{damaged:?}");
+        assert!(
+            damaged[0].reason.contains("CRC-32"),
+            "{}",
+            damaged[0].reason
+        );
+        assert_eq!(spool.free_files.lock().expect("pool").len(), 1, "s3");
+        // Names for released files do not clobber the free file already there.
+        spool.remove(&a).expect("remove");
+        assert_eq!(fs::read_dir(&free).expect("free").count(), 2);
     }
 
     #[test]
