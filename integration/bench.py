@@ -13,10 +13,12 @@ queueing, to an smtp-sink that dumps it (TESTING-INFRA.md §3 Option B). The cei
 of both is measured first with a Python STARTTLS client; the faster one is used for
 the rates unless --intake says otherwise.
 
-Three Postfix set-ups are compared, switched with postconf and postfix reload, and
+Four Postfix set-ups are compared, switched with postconf and postfix reload, and
 interleaved (each run goes through all of them, in a rotating order):
 
     none    no milter at all
+    pass    tdc-milter in the path with `enabled: false`: the milter protocol (Postfix's
+            side and ours) and nothing else, the ceiling of any milter on this machine
     milter  tdc-milter as the last smtpd milter (journals spooled durably, fsync)
     bcc     no milter; always_bcc = the intake address, delivered by Postfix's smtp
             client over STARTTLS (verified, like the daemon) to the same intake
@@ -31,6 +33,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import smtplib
 import ssl
 import statistics
@@ -71,11 +74,11 @@ END_MARKER = "<!-- bench:end -->"
 
 SENDER = "sender@example.org"
 RECIPIENT = "rcpt@example.test"  # matches DEFAULT: one journal to INTAKE_ADDRESS
-SCENARIOS = ("none", "milter", "bcc")
+SCENARIOS = ("none", "pass", "milter", "bcc")
 
 MILTER_SETTINGS = """\
 # tdc-milter settings for integration/bench
-enabled: true
+enabled: {enabled}
 intake_address: {intake}
 milter:
   listen: "inet:127.0.0.1:{milter_port}"
@@ -254,6 +257,7 @@ class BenchStack(Stack):
     EXTRA_PORTS = ("metrics", "pf_intake", "pf_intake_sink")
 
     def __init__(self, base, milter_bin, lifetime):
+        self.journaling = True  # tdc-milter's `enabled`: false for the "pass" set-up
         ports = dict(zip(stack_module.PORT_NAMES + self.EXTRA_PORTS,
                          free_ports(len(stack_module.PORT_NAMES) + len(self.EXTRA_PORTS))))
         super().__init__(base, ports={n: ports[n] for n in stack_module.PORT_NAMES}, milter_bin=milter_bin)
@@ -272,7 +276,7 @@ class BenchStack(Stack):
         self.settings_file.write_text(MILTER_SETTINGS.format(
             intake=INTAKE_ADDRESS, milter_port=self.ports["milter"], intake_port=self.intake_port(),
             ca_file='"%s"' % (self.tls_dir / "ca.crt"), lifetime=self.lifetime,
-            metrics_port=self.extra["metrics"]))
+            metrics_port=self.extra["metrics"], enabled="true" if self.journaling else "false"))
 
     def make_postfix(self):
         super().make_postfix()
@@ -384,7 +388,16 @@ class BenchStack(Stack):
     # ------------------------------------------------------------- Postfix
 
     def configure(self, scenario):
-        milters = "{ inet:127.0.0.1:%d, default_action=accept }" % self.ports["milter"] if scenario == "milter" else ""
+        in_path = scenario in ("pass", "milter")
+        if in_path and self.journaling != (scenario == "milter"):
+            # `enabled` applies to new messages on reload, without a restart.
+            self.journaling = scenario == "milter"
+            self.write_milter_settings()
+            offset = len(self.milter_log_text())
+            os.kill(self.milter_pid(), signal.SIGHUP)
+            poll(lambda: "TDC: settings reloaded from" in self.milter_log_text()[offset:], 10,
+                 what="the daemon to reload")
+        milters = "{ inet:127.0.0.1:%d, default_action=accept }" % self.ports["milter"] if in_path else ""
         bcc = INTAKE_ADDRESS if scenario == "bcc" else ""
         run([POSTCONF, "-c", self.postfix_etc, "-e", "smtpd_milters = %s" % milters, "always_bcc = %s" % bcc])
         run([POSTFIX, "-c", self.postfix_etc, "reload"])
@@ -538,7 +551,7 @@ def wait_settled(stack, scenario, count, timeout, deliveries_before=None):
         q = stack.postfix_queue()
         if any(q.values()):
             return False
-        if scenario == "none":
+        if scenario in ("none", "pass"):
             return True
         if len(stack.intake_arrivals()) < count:
             return False
@@ -780,6 +793,12 @@ def build_report(args, description, results, backlogs, sizes, main_size):
                                none, milter, "msgs/s", 0.95))
         lines.append(ratio_row("a. Postfix throughput with tdc-milter vs always_bcc (%s)" % label,
                                bcc, milter, "msgs/s", 1.0))
+        passing = median(per("pass", size, "throughput"))
+        if passing is not None:
+            ratio = passing / none if none else None
+            lines.append(row("a. (bound, not a target) Postfix with a milter that journals nothing — tdc-milter "
+                             "with `enabled: false` — vs no milter (%s)" % label, fmt(none, "msgs/s"), "—",
+                             fmt(passing, "msgs/s"), ratio, None))
 
     s = main_size
     lines.append(ratio_row("b. Journal delivery rate under load: tdc-milter journals vs Postfix always_bcc "
@@ -978,7 +997,7 @@ def main(argv):
         for n in range(args.runs):
             for size, count in plan:
                 # A rotating order, so that no set-up always runs first (or after the same one).
-                order = SCENARIOS[n % 3:] + SCENARIOS[:n % 3]
+                order = SCENARIOS[n % len(SCENARIOS):] + SCENARIOS[:n % len(SCENARIOS)]
                 for scenario in order:
                     if scenario != current:
                         stack.configure(scenario)

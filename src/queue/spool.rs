@@ -39,9 +39,11 @@ const MAGIC_RENAMED: &str = "tdc-milter-spool 1";
 /// The mode of a journal being written, and the bit that marks it complete.
 const MODE_WRITING: u32 = 0o600;
 const COMPLETE_BIT: u32 = 0o100;
-/// Files kept for reuse, and the largest one kept: a burst of big journals must not
-/// leave their disk space held (at most 128 × 256 KiB).
-const FREE_FILES: usize = 128;
+/// Files kept for reuse: enough for the journals in flight under load (a journal
+/// beyond them costs a new inode again), and no more than 16 MiB of disk held after a
+/// burst; a journal's file over 256 KiB is not kept.
+const FREE_FILES: usize = 4096;
+const FREE_BYTES: u64 = 16 * 1024 * 1024;
 const FREE_FILE_MAX: u64 = 256 * 1024;
 /// MIDs are reserved in blocks so the counter file is written rarely, and a MID is
 /// never reused after a crash.
@@ -99,10 +101,33 @@ pub struct Spool {
     corrupt: PathBuf,
     mid_file: PathBuf,
     mids: Mutex<MidCounter>,
-    /// Names of the files in `free/`.
-    free_files: Mutex<Vec<PathBuf>>,
+    free_files: Mutex<FreePool>,
     /// Names for released files: unique for the life of the process.
     next_free_name: std::sync::atomic::AtomicU64,
+}
+
+/// The files in `free/`, and their bytes.
+#[derive(Default)]
+struct FreePool {
+    files: Vec<(PathBuf, u64)>,
+    bytes: u64,
+}
+
+impl FreePool {
+    fn has_room(&self, size: u64) -> bool {
+        self.files.len() < FREE_FILES && self.bytes + size <= FREE_BYTES && size <= FREE_FILE_MAX
+    }
+
+    fn push(&mut self, path: PathBuf, size: u64) {
+        self.bytes += size;
+        self.files.push((path, size));
+    }
+
+    fn pop(&mut self) -> Option<PathBuf> {
+        let (path, size) = self.files.pop()?;
+        self.bytes = self.bytes.saturating_sub(size);
+        Some(path)
+    }
 }
 
 struct MidCounter {
@@ -184,19 +209,20 @@ impl Spool {
             })
             .max()
             .map_or(0, |n| n + 1);
-        let mut pool = Vec::new();
+        let mut pool = FreePool::default();
         for path in free_files {
+            let size = fs::metadata(&path).map_or(u64::MAX, |m| m.len());
             let to = if path.parent() == Some(free.as_path()) {
                 path.clone()
             } else {
                 next_name += 1;
                 free.join(format!("s{}", next_name - 1))
             };
-            let keep = pool.len() < FREE_FILES
+            let keep = pool.has_room(size)
                 && fs::set_permissions(&path, fs::Permissions::from_mode(MODE_WRITING)).is_ok()
                 && (path == to || fs::rename(&path, &to).is_ok());
             if keep {
-                pool.push(to);
+                pool.push(to, size);
             } else {
                 let _ = fs::remove_file(&path);
             }
@@ -311,7 +337,7 @@ impl Spool {
     /// removed.
     pub fn remove(&self, entry: &SpoolEntry) -> Result<(), SpoolError> {
         let path = self.path(entry.mid, entry.attempts);
-        if entry.size < FREE_FILE_MAX && self.release(&path) {
+        if self.release(&path, entry.size) {
             return Ok(());
         }
         match fs::remove_file(&path) {
@@ -322,11 +348,11 @@ impl Spool {
     }
 
     /// Moves a finished journal's file to `free/`, unmarked; false if it was not kept.
-    fn release(&self, path: &Path) -> bool {
+    fn release(&self, path: &Path, size: u64) -> bool {
         let Ok(mut pool) = self.free_files.lock() else {
             return false;
         };
-        if pool.len() >= FREE_FILES {
+        if !pool.has_room(size) {
             return false;
         }
         let n = self
@@ -340,7 +366,7 @@ impl Spool {
         {
             return false;
         }
-        pool.push(to);
+        pool.push(to, size);
         true
     }
 }
@@ -664,26 +690,44 @@ mod tests {
     fn free_files_are_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (spool, _, _) = Spool::open(dir.path()).expect("open");
-        let entries: Vec<SpoolEntry> = (1..=FREE_FILES as u64 + 10)
-            .map(|mid| spooled(&spool, mid, b"j"))
+        // By bytes: 200 KiB journals, more than FREE_BYTES of them.
+        let journal = vec![b'j'; 200 * 1024];
+        let count = FREE_BYTES / journal.len() as u64 + 5;
+        let entries: Vec<SpoolEntry> = (1..=count)
+            .map(|mid| spooled(&spool, mid, &journal))
             .collect();
         for e in &entries {
             spool.remove(e).expect("remove");
         }
+        let kept = FREE_BYTES / journal.len() as u64;
         let free = fs::read_dir(dir.path().join("free")).expect("free").count();
-        assert_eq!(free, FREE_FILES);
+        assert_eq!(free as u64, kept);
         assert_eq!(
             fs::read_dir(dir.path().join("active"))
                 .expect("active")
                 .count(),
             0
         );
-        // A big journal's file is not kept.
+        // By size: a big journal's file is not kept.
         let other = tempfile::tempdir().expect("tempdir");
         let (spool, _, _) = Spool::open(other.path()).expect("open");
-        let big = spooled(&spool, 1, &vec![b'b'; FREE_FILE_MAX as usize]);
+        let big = spooled(&spool, 1, &vec![b'b'; FREE_FILE_MAX as usize + 1]);
         spool.remove(&big).expect("remove");
-        assert!(spool.free_files.lock().expect("pool").is_empty());
+        assert!(spool.free_files.lock().expect("pool").files.is_empty());
+        // By count, the pool's own rule.
+        let mut pool = FreePool::default();
+        for n in 0..FREE_FILES {
+            assert!(pool.has_room(1));
+            pool.push(PathBuf::from(format!("s{n}")), 1);
+        }
+        assert!(!pool.has_room(1));
+        // Reopening finds the free files again, within the same bounds.
+        drop(spool);
+        let (spool, _, _) = Spool::open(dir.path()).expect("reopen");
+        assert_eq!(
+            spool.free_files.lock().expect("pool").files.len() as u64,
+            kept
+        );
     }
 
     /// What a crash can leave of a recycled file: the journal under a free file's name
@@ -733,7 +777,7 @@ mod tests {
             "{}",
             damaged[0].reason
         );
-        assert_eq!(spool.free_files.lock().expect("pool").len(), 1, "s3");
+        assert_eq!(spool.free_files.lock().expect("pool").files.len(), 1, "s3");
         // Names for released files do not clobber the free file already there.
         spool.remove(&a).expect("remove");
         assert_eq!(fs::read_dir(&free).expect("free").count(), 2);
