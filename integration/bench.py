@@ -187,6 +187,53 @@ def machine_cpu():
     return (total - idle) / CLK_TCK, total / CLK_TCK
 
 
+def disk_of(path):
+    """The whole disk (e.g. vda) holding `path`, by its device numbers."""
+    dev = os.stat(path).st_dev
+    major, minor = os.major(dev), os.minor(dev)
+    try:
+        # A partition's sysfs entry sits inside its disk's.
+        real = Path(os.path.realpath("/sys/dev/block/%d:%d" % (major, minor)))
+        if (real / "partition").exists():
+            real = real.parent
+        return real.name
+    except OSError:
+        return None
+
+
+def disk_stats(disk):
+    """{sectors_written, io_ms, flushes} of a disk since boot, from /proc/diskstats."""
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        f = line.split()
+        if len(f) >= 14 and f[2] == disk:
+            return {"sectors_written": int(f[9]), "io_ms": int(f[12]),
+                    "flushes": int(f[18]) if len(f) >= 19 else 0}
+    return None
+
+
+def fsync_probe(directory, count=300, size=10 * KIB):
+    """p50 and p99 seconds of what the daemon does at end of message with a recycled
+    spool file (overwrite, cut, mark, fsync), on the same file system, alone."""
+    path = os.path.join(directory, "fsync-probe")
+    data = b"x" * size
+    times = []
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        for _ in range(count):
+            t0 = time.perf_counter()
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, size)
+            os.fchmod(fd, 0o700)
+            os.fsync(fd)
+            times.append(time.perf_counter() - t0)
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    times.sort()
+    return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
 def vm_status(pid):
     """{VmRSS: bytes, VmHWM: bytes} of a live process."""
     out = {}
@@ -576,7 +623,9 @@ def one_run(stack, scenario, count, sessions, size):
     intake_cpu0 = stack.intake_cpu()
     source_cpu0 = children_cpu()
     busy0, total0 = machine_cpu()
+    disk0 = disk_stats(stack.disk) if stack.disk else None
     wall, elapsed = smtp_source(stack, count, sessions, size)
+    disk1 = disk_stats(stack.disk) if stack.disk else None
     busy1, total1 = machine_cpu()
     source_cpu = children_cpu() - source_cpu0
     timeout = 120 + count * max(size, 10 * KIB) / (2 * MIB)
@@ -602,6 +651,12 @@ def one_run(stack, scenario, count, sessions, size):
         # Share of all CPUs busy while smtp-source ran (any process on the machine).
         "busy": (busy1 - busy0) / (total1 - total0) if total1 > total0 else None,
     }
+    if disk0 and disk1:
+        # The disk's share of time with I/O in flight, and what was written per
+        # message, while smtp-source ran (every process on the machine).
+        out["disk_busy"] = (disk1["io_ms"] - disk0["io_ms"]) / 1000 / elapsed if elapsed > 0 else None
+        out["disk_kib"] = (disk1["sectors_written"] - disk0["sectors_written"]) * 512 / KIB / count
+        out["disk_flushes"] = (disk1["flushes"] - disk0["flushes"]) / count
     if scenario in ("milter", "bcc"):
         arrivals = stack.intake_arrivals()
         out["arrived"] = len(arrivals)
@@ -723,6 +778,11 @@ def machine_description(stack, milter_bin, args, ceilings):
         "client is the limit)" % (describe_intake(stack.intake_kind), args.ceiling_messages, size_text(10 * KIB),
                                   ceilings["aiosmtpd"], ceilings["postfix"]),
     ]
+    if getattr(stack, "fsync", None):
+        lines.append("- disk %s: the daemon's end-of-message write pattern alone (overwrite 10 KB, cut, mark, "
+                     "fsync; Python, the stack idle, %s times): p50 %s ms, p99 %s ms" % (
+                         stack.disk, 30 if args.smoke else 300, fmt(stack.fsync[0] * 1e3),
+                         fmt(stack.fsync[1] * 1e3)))
     return lines
 
 
@@ -879,6 +939,21 @@ def build_report(args, description, results, backlogs, sizes, main_size):
             scenario, fmt(median([r["throughput"] for r in rs])),
             fmt(median([r["busy"] * 100 for r in rs if r["busy"] is not None]), "%"),
             k("postfix_cpu"), k("tdc_cpu"), k("intake_cpu"), k("source_cpu")))
+    disk_rows = []
+    for size in sizes:
+        for scenario in SCENARIOS:
+            rs = [r for r in loaded if r["scenario"] == scenario and r["size"] == size and "disk_kib" in r]
+            if not rs:
+                continue
+            disk_rows.append("| %s | %s | %s | %s | %s | %s |" % (
+                size_text(size), scenario, fmt(median([r["throughput"] for r in rs])),
+                fmt(median([r["disk_busy"] * 100 for r in rs if r.get("disk_busy") is not None]), "%"),
+                fmt(median([r["disk_kib"] for r in rs])), fmt(median([r["disk_flushes"] for r in rs]))))
+    if disk_rows:
+        lines += ["", "The disk while smtp-source ran (medians; `/proc/diskstats` of the disk holding the "
+                  "stack, every process on the machine; busy = share of the time with I/O in flight):", "",
+                  "| size | set-up | msgs/s | disk busy | KiB written per message | flushes per message |",
+                  "|---|---|---|---|---|---|", *disk_rows]
     body = ["### Results", "", *description, "", *lines, ""]
     return "\n".join(body)
 
@@ -971,6 +1046,7 @@ def main(argv):
     base = tempfile.mkdtemp(prefix="tdc-bench-", dir="/var/tmp")
     os.chmod(base, 0o755)
     stack = BenchStack(base, milter_bin, lifetime=3600)
+    stack.disk = disk_of(base)
     ok = False
     try:
         log("base %s; bringing up the intakes" % base)
@@ -982,6 +1058,9 @@ def main(argv):
         }
         log("intake ceilings: aiosmtpd %.0f msgs/s, Postfix %.0f msgs/s" % (ceilings["aiosmtpd"],
                                                                             ceilings["postfix"]))
+        stack.fsync = fsync_probe(str(stack.base), count=30 if args.smoke else 300)
+        log("bare end-of-message write on disk %s: p50 %.2f ms, p99 %.2f ms" % (
+            stack.disk, stack.fsync[0] * 1e3, stack.fsync[1] * 1e3))
         kind = args.intake
         if kind == "auto":
             kind = max(ceilings, key=ceilings.get)

@@ -4,6 +4,8 @@
 //! first policy that matches a recipient decides; recipients whose setting resolves
 //! to the same intake share one journal, and `off` recipients get none.
 
+use std::collections::HashSet;
+
 use crate::config::{Connector, Pattern, Policy, Settings};
 
 /// One journal copy to build: an intake address and the envelope recipients for it.
@@ -112,6 +114,9 @@ pub fn resolve(settings: &Settings, sender: &str, recipients: &[String]) -> Vec<
     }
     let sender = MatchAddress::parse(sender);
     let mut jobs: Vec<Job> = Vec::new();
+    // (intake, recipient) pairs already in a job: a search of the job's list instead
+    // made a message with many recipients quadratic (benches/policy.rs).
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
     for recipient in recipients {
         let rcpt = MatchAddress::parse(recipient);
         let Some(policy) = settings
@@ -124,16 +129,15 @@ pub fn resolve(settings: &Settings, sender: &str, recipients: &[String]) -> Vec<
         let Some(intake) = resolve_connector(settings, &policy.connector) else {
             continue;
         };
-        let recipient = strip_brackets(recipient).to_string();
+        let recipient = strip_brackets(recipient);
+        if !seen.insert((intake, recipient)) {
+            continue;
+        }
         match jobs.iter_mut().find(|j| j.intake == intake) {
-            Some(job) => {
-                if !job.recipients.contains(&recipient) {
-                    job.recipients.push(recipient);
-                }
-            }
+            Some(job) => job.recipients.push(recipient.to_string()),
             None => jobs.push(Job {
                 intake: intake.to_string(),
-                recipients: vec![recipient],
+                recipients: vec![recipient.to_string()],
             }),
         }
     }
