@@ -692,13 +692,45 @@ async fn worker(shared: Arc<Shared>, domain: String) {
     shared.wake.notify_one();
 }
 
+/// The journal a worker holds. Should the worker end without reporting it (a panic in
+/// delivery code), it counts as a failed attempt, so it is retried once or bounced
+/// instead of staying in flight until a restart.
+struct Held<'a> {
+    shared: &'a Shared,
+    mid: Option<u64>,
+}
+
+impl Held<'_> {
+    /// The caller reports the held journal from here on.
+    fn release(&mut self) {
+        self.mid = None;
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(mid) = self.mid.take() {
+            let error = DeliveryError::new(
+                crate::delivery::Stage::Message,
+                Kind::Protocol("the delivery worker failed (a bug: please report it)".into()),
+            );
+            self.shared.finish(mid, Err(error));
+        }
+    }
+}
+
 async fn run_connection(shared: &Shared, domain: &str) {
     let Some((first, deadline)) = shared.take(domain) else {
         return;
     };
+    let mut held = Held {
+        shared,
+        mid: Some(first.mid),
+    };
     let mut connection = match shared.deliverer.connect(domain, deadline).await {
         Ok(c) => c,
         Err(e) => {
+            held.release();
             shared.connection_failed(domain, &e);
             shared.finish(first.mid, Err(e));
             return;
@@ -712,6 +744,7 @@ async fn run_connection(shared: &Shared, domain: &str) {
         let job = match load_job(shared, &entry, deadline).await {
             Ok(job) => job,
             Err(e) => {
+                held.release();
                 shared.log.event(Event::SpoolFailure {
                     mid: entry.mid,
                     error: &e.to_string(),
@@ -729,6 +762,7 @@ async fn run_connection(shared: &Shared, domain: &str) {
         let result = connection.send(&job).await;
         sent += 1;
         let usable = !matches!(&result, Err(e) if e.is_connection_level());
+        held.release();
         shared.finish(entry.mid, result);
         if !usable {
             shared.stats.connection_closed();
@@ -743,7 +777,9 @@ async fn run_connection(shared: &Shared, domain: &str) {
         let Some((entry, deadline)) = shared.take(domain) else {
             break;
         };
+        held.mid = Some(entry.mid);
         if connection.reset(deadline).await.is_err() {
+            held.release();
             shared.put_back(entry.mid);
             shared.stats.connection_closed();
             return;
@@ -826,6 +862,41 @@ mod tests {
         assert!(finished(&shared, 1), "{:?}", shared.log.lines());
         assert_eq!(shared.lock().journals.len(), 0);
         assert_eq!(next_wake, None);
+    }
+
+    /// A worker that dies holding a journal (a panic unwinds through `Held`): the
+    /// journal's attempt counts as failed, it is no longer in flight, and a retry is due.
+    #[tokio::test]
+    async fn a_journal_held_by_a_failed_worker_is_not_stuck_in_flight() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = shared(dir.path(), 60_000);
+        enqueue(&shared, 1).await;
+        let (entry, _) = shared.take("intake.test").expect("ready");
+        drop(Held {
+            shared: &shared,
+            mid: Some(entry.mid),
+        });
+        let lines = shared.log.lines();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("MID 1 delivery attempt failed")
+                    && l.contains("the delivery worker failed")),
+            "{lines:?}"
+        );
+        let state = shared.lock();
+        assert!(state.journals.get(&1).is_some_and(|q| !q.in_flight));
+        assert_eq!(state.retry_at.len(), 1);
+        drop(state);
+        // Released, the guard reports nothing.
+        let before = shared.log.lines().len();
+        let mut held = Held {
+            shared: &shared,
+            mid: Some(1),
+        };
+        held.release();
+        drop(held);
+        assert_eq!(shared.log.lines().len(), before);
     }
 
     #[test]
