@@ -223,7 +223,7 @@ fn boundary_for(seed: &str, parts: &[&[u8]]) -> String {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 fn trim_trailing_crlf(value: &[u8]) -> &[u8] {

@@ -181,7 +181,7 @@ fn crlf_body(chunk: &[u8], after_cr: bool) -> std::borrow::Cow<'_, [u8]> {
                 chunk[i - 1] != b'\r'
             }
     };
-    if !(0..chunk.len()).any(bare) {
+    if !memchr::memchr_iter(b'\n', chunk).any(bare) {
         return std::borrow::Cow::Borrowed(chunk);
     }
     let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 32 + 1);
