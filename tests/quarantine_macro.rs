@@ -14,9 +14,9 @@ use std::time::Duration;
 /// just before it).
 async fn send(conn: &mut TestConnection, queue_id: &str, eom_macros: &[(&str, &str)]) -> Status {
     let status = conn.mail(["<alice@sender.example>"]).await.expect("mail");
-    assert_eq!(status, Status::Continue);
+    assert_eq!(status, Status::Noreply);
     let status = conn.rcpt(["<bob@example.com>"]).await.expect("rcpt");
-    assert_eq!(status, Status::Continue);
+    assert_eq!(status, Status::Noreply);
     let message_id = format!("<{queue_id}@sender.example>");
     for (name, value) in [("Subject", queue_id), ("Message-ID", &message_id)] {
         conn.header(name, value).await.expect("header");
@@ -113,7 +113,7 @@ async fn spam_that_is_also_quarantined_stays_silent() {
         .await
         .expect("connect");
     let status = conn.mail(["<alice@sender.example>"]).await.expect("mail");
-    assert_eq!(status, Status::Continue);
+    assert_eq!(status, Status::Noreply);
     conn.rcpt(["<bob@example.com>"]).await.expect("rcpt");
     conn.header("X-Spam-Flag", "YES").await.expect("header");
     conn.eoh().await.expect("eoh");

@@ -138,10 +138,16 @@ async fn negotiate(cx: &mut NegotiateContext<Connection>, offered: ProtoOpts) ->
     if exact {
         cx.requested_opts |= ProtoOpts::LEADING_SPACE;
     }
-    // Headers, end of header and body chunks never change our answer, so the MTA
-    // need not wait for one: one round trip less per header and per body chunk.
-    let no_reply =
-        offered & (ProtoOpts::NOREPLY_HEADER | ProtoOpts::NOREPLY_EOH | ProtoOpts::NOREPLY_BODY);
+    // Only end of message has an answer that matters (and even that is always to go
+    // on), so the MTA need not wait for one anywhere else: one round trip less per
+    // connection, sender, recipient, header and body chunk.
+    let no_reply = offered
+        & (ProtoOpts::NOREPLY_CONNECT
+            | ProtoOpts::NOREPLY_MAIL
+            | ProtoOpts::NOREPLY_RCPT
+            | ProtoOpts::NOREPLY_HEADER
+            | ProtoOpts::NOREPLY_EOH
+            | ProtoOpts::NOREPLY_BODY);
     cx.requested_opts |= no_reply;
     // Asking for a stage's list replaces the MTA's default list for that stage, so
     // each list names everything we read there. {daemon_name} comes with the default
@@ -169,7 +175,7 @@ async fn connect(cx: &mut Context<Connection>, socket: SocketInfo) -> Status {
         SocketInfo::Inet(addr) => Some(addr.ip()),
         _ => None,
     };
-    Status::Continue
+    reply(cx, ProtoOpts::NOREPLY_CONNECT)
 }
 
 async fn mail(
@@ -183,7 +189,7 @@ async fn mail(
         .unwrap_or_default();
     let conn = cx.data.get_or_insert_with(Connection::default);
     conn.message = Some(Message::new(sender, settings));
-    Status::Continue
+    reply(cx, ProtoOpts::NOREPLY_MAIL)
 }
 
 async fn rcpt(cx: &mut Context<Connection>, args: Vec<std::ffi::CString>) -> Status {
@@ -194,7 +200,7 @@ async fn rcpt(cx: &mut Context<Connection>, args: Vec<std::ffi::CString>) -> Sta
         msg.recipients.push(rcpt.to_string_lossy().into_owned());
     }
     // Never Accept here: that would hide the remaining recipients from us.
-    Status::Continue
+    reply(cx, ProtoOpts::NOREPLY_RCPT)
 }
 
 fn macro_value(cx: &EomContext<Connection>, name: &std::ffi::CStr) -> Option<String> {

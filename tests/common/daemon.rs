@@ -237,11 +237,12 @@ pub async fn send(conn: &mut TestConnection, msg: &TestMessage<'_>) -> indymilte
     conn.macros(MacroStage::Mail, mail_macros)
         .await
         .expect("macros");
+    // The MTA does not wait for an answer to MAIL or RCPT (negotiated no-reply).
     let status = conn.mail([msg.sender]).await.expect("mail");
-    assert_eq!(status, indymilter_test::Status::Continue);
+    assert_eq!(status, indymilter_test::Status::Noreply);
     for rcpt in msg.recipients {
         let status = conn.rcpt([*rcpt]).await.expect("rcpt");
-        assert_eq!(status, indymilter_test::Status::Continue);
+        assert_eq!(status, indymilter_test::Status::Noreply);
     }
     for (name, value) in msg.headers {
         conn.header(*name, *value).await.expect("header");
