@@ -410,19 +410,9 @@ class BenchStack(Stack):
         else:
             self.start_intake_postfix_master()
 
-    def stop_all(self):
-        errors = []
-        try:
-            super().stop_all()
-        except StackError as e:
-            errors.append(str(e))
-        for step in (self.stop_intake_postfix_master, lambda: self.stop_process("intake-smtp-sink")):
-            try:
-                step()
-            except Exception as e:  # keep stopping the rest
-                errors.append(str(e))
-        if errors:
-            raise StackError("; ".join(errors))
+    def stop_steps(self):
+        return super().stop_steps() + [self.stop_intake_postfix_master,
+                                       lambda: self.stop_process("intake-smtp-sink")]
 
     def bring_up_steps(self):
         """The intakes first; up_mta() starts the daemon and Postfix."""

@@ -241,19 +241,9 @@ class SendmailStack(st.Stack):
         self.make_sendmail_cf()
         self.start_sendmail()
 
-    def stop_all(self):
-        errors = []
-        for name in ("sendmail", "quarantine-milter"):
-            try:
-                self.stop_process(name)
-            except Exception as e:  # keep stopping the rest
-                errors.append(str(e))
-        try:
-            super().stop_all()
-        except st.StackError as e:
-            errors.append(str(e))
-        if errors:
-            raise SendmailError("; ".join(errors))
+    def stop_steps(self):
+        return [lambda: self.stop_process("sendmail"),
+                lambda: self.stop_process("quarantine-milter")] + super().stop_steps()
 
     def running(self):
         return any(self.alive(n) for n in list(self.state["processes"]))

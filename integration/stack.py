@@ -589,14 +589,19 @@ class Stack:
         self.state["postfix"] = None
         self.save()
 
+    def stop_steps(self):
+        """What stop_all runs, in dependency order; a stack with more processes adds
+        its own before or after these."""
+        return [self.stop_postfix, lambda: self.stop_process("tdc-milter"),
+                lambda: self.stop_process("tls-sink"), lambda: self.stop_process("smtp-sink")]
+
     def stop_all(self):
         """Stops whatever this stack started, in dependency order. Idempotent.
         Ctrl-C while stopping does not interrupt the stopping."""
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             errors = []
-            for step in (self.stop_postfix, lambda: self.stop_process("tdc-milter"),
-                         lambda: self.stop_process("tls-sink"), lambda: self.stop_process("smtp-sink")):
+            for step in self.stop_steps():
                 try:
                     step()
                 except Exception as e:  # keep stopping the rest

@@ -701,21 +701,27 @@ struct Held<'a> {
 }
 
 impl Held<'_> {
-    /// The caller reports the held journal from here on.
-    fn release(&mut self) {
-        self.mid = None;
+    /// Reports the outcome of the held journal's attempt.
+    fn finish(&mut self, result: Result<Reply, DeliveryError>) {
+        if let Some(mid) = self.mid.take() {
+            self.shared.finish(mid, result);
+        }
+    }
+
+    /// Gives the held journal back untried.
+    fn put_back(&mut self) {
+        if let Some(mid) = self.mid.take() {
+            self.shared.put_back(mid);
+        }
     }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        if let Some(mid) = self.mid.take() {
-            let error = DeliveryError::new(
-                crate::delivery::Stage::Message,
-                Kind::Protocol("the delivery worker failed (a bug: please report it)".into()),
-            );
-            self.shared.finish(mid, Err(error));
-        }
+        self.finish(Err(DeliveryError::new(
+            crate::delivery::Stage::Message,
+            Kind::Protocol("the delivery worker failed (a bug: please report it)".into()),
+        )));
     }
 }
 
@@ -730,9 +736,8 @@ async fn run_connection(shared: &Shared, domain: &str) {
     let mut connection = match shared.deliverer.connect(domain, deadline).await {
         Ok(c) => c,
         Err(e) => {
-            held.release();
             shared.connection_failed(domain, &e);
-            shared.finish(first.mid, Err(e));
+            held.finish(Err(e));
             return;
         }
     };
@@ -744,26 +749,21 @@ async fn run_connection(shared: &Shared, domain: &str) {
         let job = match load_job(shared, &entry, deadline).await {
             Ok(job) => job,
             Err(e) => {
-                held.release();
                 shared.log.event(Event::SpoolFailure {
                     mid: entry.mid,
                     error: &e.to_string(),
                 });
-                shared.finish(
-                    entry.mid,
-                    Err(DeliveryError::new(
-                        crate::delivery::Stage::Mail,
-                        Kind::Protocol(format!("spool file unreadable: {e}")),
-                    )),
-                );
+                held.finish(Err(DeliveryError::new(
+                    crate::delivery::Stage::Mail,
+                    Kind::Protocol(format!("spool file unreadable: {e}")),
+                )));
                 continue;
             }
         };
         let result = connection.send(&job).await;
         sent += 1;
         let usable = !matches!(&result, Err(e) if e.is_connection_level());
-        held.release();
-        shared.finish(entry.mid, result);
+        held.finish(result);
         if !usable {
             shared.stats.connection_closed();
             return;
@@ -779,8 +779,7 @@ async fn run_connection(shared: &Shared, domain: &str) {
         };
         held.mid = Some(entry.mid);
         if connection.reset(deadline).await.is_err() {
-            held.release();
-            shared.put_back(entry.mid);
+            held.put_back();
             shared.stats.connection_closed();
             return;
         }
@@ -888,13 +887,13 @@ mod tests {
         assert!(state.journals.get(&1).is_some_and(|q| !q.in_flight));
         assert_eq!(state.retry_at.len(), 1);
         drop(state);
-        // Released, the guard reports nothing.
+        // Once it has reported, the guard reports nothing more.
         let before = shared.log.lines().len();
         let mut held = Held {
             shared: &shared,
             mid: Some(1),
         };
-        held.release();
+        held.put_back();
         drop(held);
         assert_eq!(shared.log.lines().len(), before);
     }

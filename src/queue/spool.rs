@@ -228,7 +228,6 @@ impl Spool {
                 let _ = fs::remove_file(&path);
             }
         }
-        let first_name = next_name;
 
         let mid_file = dir.join("next-mid");
         let stored = match fs::read_to_string(&mid_file) {
@@ -249,7 +248,7 @@ impl Spool {
                 reserved_until: next,
             }),
             free_files: Mutex::new(pool),
-            next_free_name: std::sync::atomic::AtomicU64::new(first_name),
+            next_free_name: std::sync::atomic::AtomicU64::new(next_name),
         };
         Ok((spool, entries, damaged))
     }
@@ -432,7 +431,7 @@ fn marked(path: &Path) -> bool {
 /// A journal file whose write never finished: no completion mark, and what is there
 /// is (the start of) a current-format header. Anything else is judged by its header.
 fn unfinished_write(path: &Path) -> bool {
-    if !fs::exists(path).unwrap_or(false) || marked(path) {
+    if marked(path) {
         return false;
     }
     let mut start = Vec::with_capacity(MAGIC.len());
