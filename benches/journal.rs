@@ -43,6 +43,7 @@ fn journal_build(c: &mut Criterion) {
             sender: "sender@example.org",
             subject: Some(b" benchmark"),
             message_id: Some("<bench@example.org>"),
+            added_headers: b"",
             bytes: &bytes,
         };
         group.throughput(Throughput::Bytes(bytes.len() as u64));

@@ -158,11 +158,8 @@ def cpu_seconds(pid, children=True):
     return ticks / CLK_TCK
 
 
-def tree_cpu_seconds(root):
-    """CPU of a process tree: the root's own and reaped children's time, plus every
-    live descendant's own and reaped children's time. Postfix's master reaps its
-    daemons, so a daemon that exits between two readings moves from the second term
-    into the first and is counted once."""
+def tree_pids(root):
+    """A process and its live descendants."""
     parents = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -176,7 +173,40 @@ def tree_cpu_seconds(root):
             if parent == p and child not in tree:
                 tree.add(child)
                 frontier.append(child)
-    return sum(cpu_seconds(pid) for pid in tree)
+    return tree
+
+
+def tree_cpu_seconds(root):
+    """CPU of a process tree: the root's own and reaped children's time, plus every
+    live descendant's own and reaped children's time. Postfix's master reaps its
+    daemons, so a daemon that exits between two readings moves from the second term
+    into the first and is counted once."""
+    return sum(cpu_seconds(pid) for pid in tree_pids(root))
+
+
+def run_delay_seconds(pid):
+    """Per thread of a process, the time it spent runnable but waiting for a CPU
+    (`/proc/PID/task/TID/schedstat`, second field, ns). A thread that exits between
+    two readings takes its time with it, so a difference is a lower bound."""
+    delays = {}
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return delays
+    for tid in tids:
+        try:
+            fields = Path("/proc/%d/task/%s/schedstat" % (pid, tid)).read_text().split()
+        except OSError:
+            continue
+        delays[tid] = (int(fields[1]) / 1e9, int(fields[2]))
+    return delays
+
+
+def run_delay_delta(after, before):
+    """(seconds waiting for a core, times put on a core) between two readings."""
+    wait = sum(v[0] - before.get(tid, (0.0, 0))[0] for tid, v in after.items())
+    slices = sum(v[1] - before.get(tid, (0.0, 0))[1] for tid, v in after.items())
+    return wait, slices
 
 
 def machine_cpu():
@@ -610,6 +640,7 @@ def one_run(stack, scenario, count, sessions, size):
     m0 = stack.metrics()
     pf_cpu0 = tree_cpu_seconds(master)
     tdc_cpu0 = cpu_seconds(milter_pid, children=False)
+    tdc_wait0 = run_delay_seconds(milter_pid)
     intake_cpu0 = stack.intake_cpu()
     source_cpu0 = children_cpu()
     busy0, total0 = machine_cpu()
@@ -617,6 +648,7 @@ def one_run(stack, scenario, count, sessions, size):
     wall, elapsed = smtp_source(stack, count, sessions, size)
     disk1 = disk_stats(stack.disk) if stack.disk else None
     busy1, total1 = machine_cpu()
+    tdc_wait, tdc_slices = run_delay_delta(run_delay_seconds(milter_pid), tdc_wait0)
     source_cpu = children_cpu() - source_cpu0
     timeout = 120 + count * max(size, 10 * KIB) / (2 * MIB)
     wait_settled(stack, scenario, count, timeout)
@@ -638,6 +670,9 @@ def one_run(stack, scenario, count, sessions, size):
         "tdc_cpu": tdc_cpu1 - tdc_cpu0,
         "intake_cpu": intake_cpu1 - intake_cpu0,
         "source_cpu": source_cpu,
+        # The daemon's threads, runnable but waiting for a CPU, while smtp-source ran.
+        "tdc_wait": tdc_wait,
+        "tdc_slices": tdc_slices,
         # Share of all CPUs busy while smtp-source ran (any process on the machine).
         "busy": (busy1 - busy0) / (total1 - total0) if total1 > total0 else None,
     }
@@ -655,6 +690,10 @@ def one_run(stack, scenario, count, sessions, size):
         out["delivered"] = counter(m1, "tdc_milter_journals_delivered") - counter(m0, "tdc_milter_journals_delivered")
         out["eom"] = histogram_delta(histogram(m1, "tdc_milter_end_of_message_seconds"),
                                      histogram(m0, "tdc_milter_end_of_message_seconds"))
+        calls = counter(m1, "tdc_milter_end_of_message_seconds_count") - counter(m0, "tdc_milter_end_of_message_seconds_count")
+        if calls > 0:
+            out["eom_mean"] = (counter(m1, "tdc_milter_end_of_message_seconds_sum")
+                               - counter(m0, "tdc_milter_end_of_message_seconds_sum")) / calls
         out["spool_write"] = histogram_delta(histogram(m1, "tdc_milter_spool_write_seconds"),
                                              histogram(m0, "tdc_milter_spool_write_seconds"))
         out["a2d"] = histogram_delta(histogram(m1, "tdc_milter_accept_to_delivered_seconds"),
@@ -876,6 +915,11 @@ def build_report(args, description, results, backlogs, sizes, main_size):
                 share = quantile(run[part[0]], q)
                 if share:
                     detail = "; %s p%g in that run %s ms" % (part[1], q * 100, fmt(share[0] * 1e3))
+            if part and run.get("eom_mean") is not None:
+                detail += "; mean in that run %s ms" % fmt(run["eom_mean"] * 1e3)
+            if part and run.get("tdc_wait") is not None:
+                detail += "; the daemon's threads waited for a core %s ms per message in that run" % (
+                    fmt(run["tdc_wait"] / run["count"] * 1e3))
             lines.append(row("%s, %s (%s; median run's bucket (%s, %s] ms%s)" % (
                 name, how, what, fmt(mid[1] * 1e3), fmt(mid[2] * 1e3), detail), "—", "≤ %g ms" % (limit * 1e3),
                 fmt(mid[0] * 1e3, "ms"), None, mid[0] <= limit))
@@ -912,23 +956,35 @@ def build_report(args, description, results, backlogs, sizes, main_size):
                      fmt(pf_per_k, "s"), "≤ 1.00×", fmt(tdc_per_k, "s"), ratio,
                      None if ratio is None else ratio <= 1.0))
 
-    lines += ["", "Where the CPU went in the %s runs (medians; seconds of CPU from the start of "
-              "smtp-source until the run settled, per 1,000 messages; busy = share of both cores in use "
-              "on the whole machine while smtp-source ran):" % size_text(s), "",
-              "| set-up | msgs/s | busy | Postfix tree | tdc-milter | intake | smtp-source |",
-              "|---|---|---|---|---|---|---|"]
-    for scenario in SCENARIOS:
-        rs = [r for r in loaded if r["scenario"] == scenario and r["size"] == s]
-        if not rs:
-            continue
+    cores = os.cpu_count() or 1
+    cpu_rows = []
+    for size in sizes:
+        for scenario in SCENARIOS:
+            rs = [r for r in loaded if r["scenario"] == scenario and r["size"] == size]
+            if not rs:
+                continue
 
-        def k(key, rs=rs):
-            return fmt(median([r[key] / r["count"] * 1000 for r in rs]), "s")
+            def k(key, rs=rs):
+                return median([r[key] / r["count"] * 1000 for r in rs])
 
-        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
-            scenario, fmt(median([r["throughput"] for r in rs])),
-            fmt(median([r["busy"] * 100 for r in rs if r["busy"] is not None]), "%"),
-            k("postfix_cpu"), k("tdc_cpu"), k("intake_cpu"), k("source_cpu")))
+            parts = [k("postfix_cpu"), k("tdc_cpu"), k("intake_cpu"), k("source_cpu")]
+            every = median([(r["postfix_cpu"] + r["tdc_cpu"] + r["intake_cpu"] + r["source_cpu"])
+                            / r["count"] * 1000 for r in rs])
+            waits = [r["tdc_wait"] / r["count"] * 1e3 for r in rs if r.get("tdc_wait") is not None]
+            cpu_rows.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                size_text(size), scenario, fmt(median([r["throughput"] for r in rs])),
+                fmt(median([r["busy"] * 100 for r in rs if r["busy"] is not None]), "%"),
+                *(fmt(v, "s") for v in parts), fmt(every, "s"),
+                fmt(cores * 1000 / every if every else None, "msgs/s"),
+                fmt(median(waits), "ms") if scenario in ("milter", "pass") and waits else "—"))
+    lines += ["", "Where the CPU went (medians; seconds of CPU from the start of smtp-source until the run "
+              "settled, per 1,000 messages; busy = share of the %d cores in use on the whole machine while "
+              "smtp-source ran; ceiling = %d cores / all, the rate at which the stack's processes would use "
+              "every core; CPU wait = the time tdc-milter's threads were runnable but waiting for a core "
+              "(`/proc/PID/task/*/schedstat`), per message, while smtp-source ran):" % (cores, cores), "",
+              "| size | set-up | msgs/s | busy | Postfix tree | tdc-milter | intake | smtp-source | all "
+              "| ceiling | tdc-milter CPU wait |",
+              "|---|---|---|---|---|---|---|---|---|---|---|", *cpu_rows]
     disk_rows = []
     for size in sizes:
         for scenario in SCENARIOS:
@@ -1075,9 +1131,12 @@ def main(argv):
                     r["run"] = n
                     r["load"] = "load"
                     results.append(r)
-                    log("run %d %s %s ×%d: %.1f msgs/s%s" % (
+                    log("run %d %s %s ×%d: %.1f msgs/s%s%s" % (
                         n + 1, scenario, size_text(size), count, r["throughput"],
-                        ", delivered %.1f/s" % r["delivery_rate"] if "delivery_rate" in r else ""))
+                        ", delivered %.1f/s" % r["delivery_rate"] if "delivery_rate" in r else "",
+                        "; tdc-milter on a core %.1f times a message, waited %.2f ms a message" % (
+                            r["tdc_slices"] / count, r["tdc_wait"] / count * 1e3)
+                        if scenario in ("pass", "milter") else ""))
             # Latency without a queue in front of it: one session, one message at a time.
             if current != "milter":
                 stack.configure("milter")

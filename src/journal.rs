@@ -29,8 +29,11 @@ pub struct Original<'a> {
     pub subject: Option<&'a [u8]>,
     /// The Message-ID header's value, trimmed, if any.
     pub message_id: Option<&'a str>,
-    /// The complete original: our client-IP header first, then the headers and body
-    /// exactly as the MTA passed them, CRLF line ends.
+    /// Header lines tdc-milter puts first in the attached original (the client-IP
+    /// header), CRLF line ends; empty for none. Apart from `bytes` so that the
+    /// original, up to `journal.max_size`, is copied once, into the journal.
+    pub added_headers: &'a [u8],
+    /// The headers and body exactly as the MTA passed them, CRLF line ends.
     pub bytes: &'a [u8],
 }
 
@@ -85,14 +88,21 @@ fn build_envelope_report(envelope: &Envelope<'_>, original: &Original<'_>) -> Jo
     } else {
         ("quoted-printable", quoted_printable_lines(&report))
     };
-    let boundary = boundary_for(envelope.message_id, &[original.bytes, &report_body]);
-    let attachment_cte = if original.bytes.is_ascii() {
+    // Added headers end with CRLF and a boundary has neither: no match can straddle
+    // the two parts of the original.
+    let boundary = boundary_for(
+        envelope.message_id,
+        &[original.added_headers, original.bytes, &report_body],
+    );
+    let attachment_cte = if original.added_headers.is_ascii() && original.bytes.is_ascii() {
         "7bit"
     } else {
         "8bit"
     };
 
-    let mut out = Vec::with_capacity(original.bytes.len() + report_body.len() + 1024);
+    let mut out = Vec::with_capacity(
+        original.added_headers.len() + original.bytes.len() + report_body.len() + 1024,
+    );
     push_line(&mut out, &format!("From: <{}>", envelope.from));
     push_line(&mut out, &format!("To: <{}>", envelope.to));
     out.extend_from_slice(b"Subject:");
@@ -141,6 +151,7 @@ fn build_envelope_report(envelope: &Envelope<'_>, original: &Original<'_>) -> Jo
         &format!("Content-Transfer-Encoding: {attachment_cte}"),
     );
     push_line(&mut out, "");
+    out.extend_from_slice(original.added_headers);
     out.extend_from_slice(original.bytes);
     // The CRLF before a boundary belongs to the boundary (RFC 2046 §5.1.1), so the
     // original keeps its own final line end.
@@ -296,9 +307,43 @@ mod tests {
                 sender: "a@example.org",
                 subject,
                 message_id: Some("<m1@example.org>"),
+                added_headers: b"",
                 bytes: original,
             },
         )
+    }
+
+    #[test]
+    fn added_headers_are_the_first_lines_of_the_attached_original() {
+        let rcpts = recipients(&["b@example.com"]);
+        let (ip_line, rest) = ORIGINAL.split_at(
+            ORIGINAL
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("a line")
+                + 2,
+        );
+        let joined = build_plain(ORIGINAL, Some(b" hello"), &rcpts);
+        let split = build(
+            JournalFormat::EnvelopeReport,
+            &Envelope {
+                from: "tdc@gw.example.org",
+                to: "5f1c2e@intake.example.net",
+                recipients: &rcpts,
+                message_id: "<1.1.tdc@gw.example.org>",
+                date: date(),
+            },
+            &Original {
+                sender: "a@example.org",
+                subject: Some(b" hello"),
+                message_id: Some("<m1@example.org>"),
+                added_headers: ip_line,
+                bytes: rest,
+            },
+        );
+        assert_eq!(ip_line, b"X-IronPort-RemoteIP: 192.0.2.7\r\n");
+        assert_eq!(split.bytes, joined.bytes);
+        assert_eq!(split.eight_bit, joined.eight_bit);
     }
 
     #[test]
@@ -364,6 +409,7 @@ mod tests {
                 sender: "",
                 subject: None,
                 message_id: None,
+                added_headers: b"",
                 bytes: b"X-IronPort-RemoteIP: 192.0.2.7\r\n\r\n",
             },
         );

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 use crate::config::{JournalSettings, Settings};
 
@@ -57,8 +57,7 @@ impl Message {
         self.over_limit
     }
 
-    /// The original without our client-IP header.
-    #[cfg(test)]
+    /// The original as the MTA passed it, without our client-IP header.
     pub fn original(&self) -> &[u8] {
         &self.original
     }
@@ -139,19 +138,12 @@ impl Message {
         }
         write(&mut self.original);
     }
+}
 
-    /// The attached original: our client-IP header first, then the message.
-    pub fn attached_original(&self, header: &str, client_ip: Option<&str>) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.original.len() + header.len() + 48);
-        if let Some(ip) = client_ip {
-            out.put_slice(header.as_bytes());
-            out.put_slice(b": ");
-            out.put_slice(ip.as_bytes());
-            out.put_slice(b"\r\n");
-        }
-        out.put_slice(&self.original);
-        out.freeze()
-    }
+/// The header line that goes first in the attached original: the client's IP under
+/// the configured name (`journal.client_ip_header`); empty without a client IP.
+pub fn client_ip_line(header: &str, client_ip: Option<&str>) -> String {
+    client_ip.map_or_else(String::new, |ip| format!("{header}: {ip}\r\n"))
 }
 
 /// A header value for the copy. Folded values arrive LF-separated (libmilter
@@ -220,9 +212,10 @@ mod tests {
         assert_eq!(m.subject.as_deref(), Some(b" folded\r\n\tline".as_slice()));
         assert_eq!(m.message_id.as_deref(), Some("<id@x>"));
         assert_eq!(
-            &m.attached_original("X-IronPort-RemoteIP", Some("192.0.2.1"))[..],
-            b"X-IronPort-RemoteIP: 192.0.2.1\r\nSubject: folded\r\n\tline\r\nMessage-ID: <id@x> \r\nX-Bare:no-space\r\n\r\nbody\r\n"
+            client_ip_line("X-IronPort-RemoteIP", Some("192.0.2.1")),
+            "X-IronPort-RemoteIP: 192.0.2.1\r\n"
         );
+        assert_eq!(client_ip_line("X-IronPort-RemoteIP", None), "");
     }
 
     #[test]

@@ -297,7 +297,8 @@ async fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message
         return;
     }
     let client_ip = cx.client_ip.map(|ip| ip.to_string());
-    let original = msg.attached_original(&settings.journal.client_ip_header, client_ip.as_deref());
+    let added_headers =
+        message::client_ip_line(&settings.journal.client_ip_header, client_ip.as_deref());
     let sender = policy::strip_brackets(&msg.sender);
     for job in jobs {
         let mid = match shared.queue.next_mid() {
@@ -327,7 +328,8 @@ async fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message
                 sender,
                 subject: msg.subject.as_deref(),
                 message_id: msg.message_id.as_deref(),
-                bytes: &original,
+                added_headers: added_headers.as_bytes(),
+                bytes: msg.original(),
             },
         );
         let entry = Entry {
