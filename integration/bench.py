@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -262,6 +263,44 @@ def fsync_probe(directory, count=300, size=10 * KIB):
         os.unlink(path)
     times.sort()
     return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
+class FsyncProber(threading.Thread):
+    """The same pattern as fsync_probe, every few milliseconds until stopped: what a
+    journal's write costs on this disk while something else loads the machine."""
+
+    def __init__(self, directory, size=10 * KIB, interval=0.005):
+        super().__init__(daemon=True)
+        self.path = os.path.join(directory, "fsync-prober")
+        self.data = b"x" * size
+        self.interval = interval
+        self.times = []
+        self.stopping = threading.Event()
+
+    def run(self):
+        fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+        try:
+            while not self.stopping.is_set():
+                t0 = time.perf_counter()
+                os.pwrite(fd, self.data, 0)
+                os.ftruncate(fd, len(self.data))
+                os.fchmod(fd, 0o700)
+                os.fsync(fd)
+                self.times.append(time.perf_counter() - t0)
+                os.fchmod(fd, 0o600)
+                self.stopping.wait(self.interval)
+        finally:
+            os.close(fd)
+            os.unlink(self.path)
+
+    def stop(self):
+        """(p50, p99, count) in seconds; None without samples."""
+        self.stopping.set()
+        self.join()
+        times = sorted(self.times)
+        if not times:
+            return None
+        return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))], len(times)
 
 
 def vm_status(pid):
@@ -631,8 +670,9 @@ def wait_settled(stack, scenario, count, timeout, deliveries_before=None):
     return time.time()
 
 
-def one_run(stack, scenario, count, sessions, size):
-    """One load through one set-up; returns its figures."""
+def one_run(stack, scenario, count, sessions, size, probe=False):
+    """One load through one set-up; returns its figures. With probe, the disk's
+    write-and-fsync latency is sampled by another process meanwhile."""
     stack.clear_intake()
     offset = stack.maillog_size()
     master = stack.master_pid()
@@ -645,7 +685,11 @@ def one_run(stack, scenario, count, sessions, size):
     source_cpu0 = children_cpu()
     busy0, total0 = machine_cpu()
     disk0 = disk_stats(stack.disk) if stack.disk else None
+    prober = FsyncProber(str(stack.base)) if probe else None
+    if prober:
+        prober.start()
     wall, elapsed = smtp_source(stack, count, sessions, size)
+    probed = prober.stop() if prober else None
     disk1 = disk_stats(stack.disk) if stack.disk else None
     busy1, total1 = machine_cpu()
     tdc_wait, tdc_slices = run_delay_delta(run_delay_seconds(milter_pid), tdc_wait0)
@@ -676,6 +720,8 @@ def one_run(stack, scenario, count, sessions, size):
         # Share of all CPUs busy while smtp-source ran (any process on the machine).
         "busy": (busy1 - busy0) / (total1 - total0) if total1 > total0 else None,
     }
+    if probed:
+        out["probe"] = probed
     if disk0 and disk1:
         # The disk's share of time with I/O in flight, and what was written per
         # message, while smtp-source ran (every process on the machine).
@@ -920,6 +966,13 @@ def build_report(args, description, results, backlogs, sizes, main_size):
             if part and run.get("tdc_wait") is not None:
                 detail += "; the daemon's threads waited for a core %s ms per message in that run" % (
                     fmt(run["tdc_wait"] / run["count"] * 1e3))
+            probes = [r["probe"] for r in results if r["scenario"] == "pass" and r["size"] == s
+                      and r.get("load", "load") == "load" and r.get("probe")]
+            if part and load == "load" and probes:
+                detail += ("; the same write and fsync, from another process every 5 ms while Postfix took this "
+                           "load through the milter that journals nothing (pass): p50 %s ms, p99 %s ms (medians of "
+                           "%d runs)" % (fmt(median([p[0] for p in probes]) * 1e3),
+                                         fmt(median([p[1] for p in probes]) * 1e3), len(probes)))
             lines.append(row("%s, %s (%s; median run's bucket (%s, %s] ms%s)" % (
                 name, how, what, fmt(mid[1] * 1e3), fmt(mid[2] * 1e3), detail), "—", "≤ %g ms" % (limit * 1e3),
                 fmt(mid[0] * 1e3, "ms"), None, mid[0] <= limit))
@@ -1127,7 +1180,8 @@ def main(argv):
                     if scenario != current:
                         stack.configure(scenario)
                         current = scenario
-                    r = one_run(stack, scenario, count, args.sessions, size)
+                    r = one_run(stack, scenario, count, args.sessions, size,
+                                probe=scenario == "pass" and size == main_size)
                     r["run"] = n
                     r["load"] = "load"
                     results.append(r)
