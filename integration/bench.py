@@ -1052,7 +1052,8 @@ def build_report(args, description, results, backlogs, sizes, main_size):
                 fmt(median([r["disk_kib"] for r in rs])), fmt(median([r["disk_flushes"] for r in rs]))))
     if disk_rows:
         lines += ["", "The disk while smtp-source ran (medians; `/proc/diskstats` of the disk holding the "
-                  "stack, every process on the machine; busy = share of the time with I/O in flight):", "",
+                  "stack, every process on the machine; busy = share of the time with I/O in flight; the pass "
+                  "runs at %s also carry the disk probe of c, a write and fsync every 5 ms):" % size_text(s), "",
                   "| size | set-up | msgs/s | disk busy | KiB written per message | flushes per message |",
                   "|---|---|---|---|---|---|", *disk_rows]
     body = ["### Results", "", *description, "", *lines, ""]
