@@ -242,31 +242,39 @@ def disk_stats(disk):
     return None
 
 
-def fsync_probe(directory, count=300, size=10 * KIB):
-    """p50 and p99 seconds of what the daemon does at end of message with a recycled
-    spool file (overwrite, cut, mark, fsync), on the same file system, alone."""
-    path = os.path.join(directory, "fsync-probe")
-    data = b"x" * size
-    times = []
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    try:
-        for _ in range(count):
-            t0 = time.perf_counter()
-            os.pwrite(fd, data, 0)
-            os.ftruncate(fd, size)
-            os.fchmod(fd, 0o700)
-            os.fsync(fd)
-            times.append(time.perf_counter() - t0)
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    times.sort()
+def end_of_message_write(fd, data):
+    """Seconds taken by what the daemon does at end of message with a recycled spool
+    file: overwrite, cut, mark, fsync (the mark is taken off again after)."""
+    t0 = time.perf_counter()
+    os.pwrite(fd, data, 0)
+    os.ftruncate(fd, len(data))
+    os.fchmod(fd, 0o700)
+    os.fsync(fd)
+    elapsed = time.perf_counter() - t0
+    os.fchmod(fd, 0o600)
+    return elapsed
+
+
+def p50_p99(times):
+    times = sorted(times)
     return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
+def fsync_probe(directory, count=300, size=10 * KIB):
+    """p50 and p99 seconds of the end-of-message write on the same file system, alone."""
+    path = os.path.join(directory, "fsync-probe")
+    data = b"x" * size
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        times = [end_of_message_write(fd, data) for _ in range(count)]
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return p50_p99(times)
+
+
 class FsyncProber(threading.Thread):
-    """The same pattern as fsync_probe, every few milliseconds until stopped: what a
+    """The end-of-message write every few milliseconds until stopped: what a
     journal's write costs on this disk while something else loads the machine."""
 
     def __init__(self, directory, size=10 * KIB, interval=0.005):
@@ -281,13 +289,7 @@ class FsyncProber(threading.Thread):
         fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
         try:
             while not self.stopping.is_set():
-                t0 = time.perf_counter()
-                os.pwrite(fd, self.data, 0)
-                os.ftruncate(fd, len(self.data))
-                os.fchmod(fd, 0o700)
-                os.fsync(fd)
-                self.times.append(time.perf_counter() - t0)
-                os.fchmod(fd, 0o600)
+                self.times.append(end_of_message_write(fd, self.data))
                 self.stopping.wait(self.interval)
         finally:
             os.close(fd)
@@ -297,10 +299,9 @@ class FsyncProber(threading.Thread):
         """(p50, p99, count) in seconds; None without samples."""
         self.stopping.set()
         self.join()
-        times = sorted(self.times)
-        if not times:
+        if not self.times:
             return None
-        return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))], len(times)
+        return (*p50_p99(self.times), len(self.times))
 
 
 def vm_status(pid):

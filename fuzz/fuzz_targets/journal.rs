@@ -1,7 +1,7 @@
 //! The journal builder. Input: a Subject, a Message-ID and a message body from the
 //! fuzzer. Properties: the journal parses as a two-part multipart/mixed whose header
 //! section is exactly ours (nothing from the original can add a header), and the
-//! attached part is the original, byte for byte.
+//! attached part is the client-IP line and the original, byte for byte.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
     let message_id = String::from_utf8_lossy(message_id).into_owned();
     let subject = [b" ".as_slice(), subject].concat();
 
-    let mut original = b"X-IronPort-RemoteIP: 192.0.2.1\r\nSubject:".to_vec();
+    // The client-IP line goes beside the original, as the milter passes it; the
+    // attachment must be the two joined.
+    let added_headers = b"X-IronPort-RemoteIP: 192.0.2.1\r\n".as_slice();
+    let mut original = b"Subject:".to_vec();
     original.extend_from_slice(&subject);
     original.extend_from_slice(b"\r\nMessage-ID: ");
     original.extend_from_slice(message_id.as_bytes());
@@ -50,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
             sender: "a@example.org",
             subject: Some(&subject),
             message_id: Some(message_id.trim()),
+            added_headers,
             bytes: &original,
         },
     );
@@ -114,7 +118,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(bytes.ends_with(close.as_bytes()));
     assert_eq!(
         &bytes[after_headers..bytes.len() - close.len()],
-        &original[..]
+        &[added_headers, &original[..]].concat()[..]
     );
 
     let parsed = MessageParser::default()
