@@ -151,6 +151,9 @@ fn build_envelope_report(envelope: &Envelope<'_>, original: &Original<'_>) -> Jo
         &format!("Content-Transfer-Encoding: {attachment_cte}"),
     );
     push_line(&mut out, "");
+    // The original was checked for 8-bit octets above; what follows it is ASCII, so
+    // only what precedes it (the Subject and addresses may be 8-bit) is checked here.
+    let eight_bit = attachment_cte == "8bit" || !out.is_ascii();
     out.extend_from_slice(original.added_headers);
     out.extend_from_slice(original.bytes);
     // The CRLF before a boundary belongs to the boundary (RFC 2046 §5.1.1), so the
@@ -158,7 +161,6 @@ fn build_envelope_report(envelope: &Envelope<'_>, original: &Original<'_>) -> Jo
     push_line(&mut out, "");
     push_line(&mut out, &format!("--{boundary}--"));
 
-    let eight_bit = !out.is_ascii();
     Journal {
         bytes: out,
         eight_bit,
@@ -294,6 +296,15 @@ mod tests {
     const ORIGINAL: &[u8] = b"X-IronPort-RemoteIP: 192.0.2.7\r\nFrom: a@example.org\r\nSubject: hello\r\n there\r\nMessage-ID: <m1@example.org>\r\n\r\nbody line\r\n";
 
     fn build_plain(original: &[u8], subject: Option<&[u8]>, rcpts: &[String]) -> Journal {
+        build_with_added(b"", original, subject, rcpts)
+    }
+
+    fn build_with_added(
+        added_headers: &[u8],
+        original: &[u8],
+        subject: Option<&[u8]>,
+        rcpts: &[String],
+    ) -> Journal {
         build(
             JournalFormat::EnvelopeReport,
             &Envelope {
@@ -307,7 +318,7 @@ mod tests {
                 sender: "a@example.org",
                 subject,
                 message_id: Some("<m1@example.org>"),
-                added_headers: b"",
+                added_headers,
                 bytes: original,
             },
         )
@@ -324,23 +335,7 @@ mod tests {
                 + 2,
         );
         let joined = build_plain(ORIGINAL, Some(b" hello"), &rcpts);
-        let split = build(
-            JournalFormat::EnvelopeReport,
-            &Envelope {
-                from: "tdc@gw.example.org",
-                to: "5f1c2e@intake.example.net",
-                recipients: &rcpts,
-                message_id: "<1.1.tdc@gw.example.org>",
-                date: date(),
-            },
-            &Original {
-                sender: "a@example.org",
-                subject: Some(b" hello"),
-                message_id: Some("<m1@example.org>"),
-                added_headers: ip_line,
-                bytes: rest,
-            },
-        );
+        let split = build_with_added(ip_line, rest, Some(b" hello"), &rcpts);
         assert_eq!(ip_line, b"X-IronPort-RemoteIP: 192.0.2.7\r\n");
         assert_eq!(split.bytes, joined.bytes);
         assert_eq!(split.eight_bit, joined.eight_bit);
