@@ -85,8 +85,6 @@ milter:
   listen: "inet:127.0.0.1:{milter_port}"
 journal:
   sender: tdc@mta.test
-  not_clean:
-    - {{ header: X-Spam-Flag, value: "YES" }}
 delivery:
   route: ["127.0.0.1:{intake_port}"]
   tls: {{ verify: true, ca_file: {ca_file} }}

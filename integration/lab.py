@@ -28,7 +28,8 @@ WAIT = 60
 # (name, recipients, extra headers, the intake it should be journaled to, why)
 SAMPLES = [
     ("clean", ["alice@example.com"], b"", st.INTAKE_ADDRESS, "policy DEFAULT: global intake"),
-    ("spam", ["alice@example.com"], b"X-Spam-Flag: YES\r\n", None, "X-Spam-Flag: YES is not clean"),
+    ("forged", ["alice@example.com"], b"X-Spam-Flag: YES\r\n", st.INTAKE_ADDRESS,
+     "a sender's X-Spam-Flag is no verdict: journaled"),
     ("custom", ["x@dept.lab.example.com"], b"", st.CUSTOM_INTAKE_ADDRESS, "policy research: custom intake"),
     ("off", [st.OFF_RECIPIENT], b"", None, "policy bulk: connector off"),
 ]

@@ -75,8 +75,6 @@ milter:
 journal:
   sender: {sender}
   client_ip_header: {client_ip_header}
-  not_clean:
-    - {{ header: X-Spam-Flag, value: "YES" }}
 delivery:
   route: ["127.0.0.1:{intake_port}"]
   tls: {{ verify: true, ca_file: {ca_file} }}
@@ -616,10 +614,11 @@ class Stack:
 
     # -------------------------------------------------------------- traffic
 
-    def send(self, mail_from, recipients, message, timeout=30):
+    def send(self, mail_from, recipients, message, timeout=30, xclient_addr=None):
         """Sends `message` (bytes, CRLF line endings) through Postfix with swaks,
         byte for byte: --no-data-fixup, and we do the dot-stuffing. Returns
-        Postfix's queue ID."""
+        Postfix's queue ID. `xclient_addr` makes Postfix take that as the client's
+        address (XCLIENT; the stack's main.cf must authorise loopback for it)."""
         if re.search(rb"(?<!\r)\n", message) or not message.endswith(b"\r\n"):
             raise ValueError("message must use CRLF line endings and end with CRLF")
         # One data file per call, so that sends may run in parallel.
@@ -630,6 +629,8 @@ class Stack:
         argv = [SWAKS, "--server", "127.0.0.1:%d" % self.ports["smtpd"], "--ehlo", "client.example.net",
                 "--from", mail_from or "<>", "--to", ",".join(recipients), "--timeout", str(timeout),
                 "--no-data-fixup", "--data", "@%s" % data]
+        if xclient_addr:
+            argv += ["--xclient-addr", xclient_addr]
         try:
             transcript = run(argv)
         finally:

@@ -71,11 +71,12 @@ CASES = [
          CUSTOM: ["x@dept.lab.example.com", "y@research.lab.example.com"]},
     ),
     Case(
-        "spam",
+        "forged-verdict",
         "sender@example.net",
         ["alice@example.com", "x@dept.lab.example.com"],
-        headers(b"buy now", name="spam", extra=b"X-Spam-Flag: YES\nX-Spam-Score: 12.5\n"),
-        b"Spam is not clean: no journal.\n",
+        headers(b"buy now", name="forged-verdict", extra=b"X-Spam-Flag: YES\nX-Spam-Flag: YES\n"),
+        b"A sender's own verdict headers are not trusted: journaled.\n",
+        {INTAKE: ["alice@example.com"], CUSTOM: ["x@dept.lab.example.com"]},
     ),
     Case(
         "off-only",

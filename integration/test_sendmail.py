@@ -114,16 +114,16 @@ def test_clean_message_is_relayed_and_journaled(sm_stack):
     assert [(e[1], e[2]) for e in entries] == [("<sm-clean.it@example.net>", INTAKE)]
 
 
-def test_spam_flagged_message_is_not_journaled(sm_stack):
+def test_a_sender_written_verdict_does_not_stop_the_journal(sm_stack):
+    # No verdict header is trusted by default (journal.not_clean is empty): a sender
+    # cannot opt out of scanning by writing X-Spam-Flag: YES.
     s = sm_stack
-    c = case("sm-spam", b"buy now", extra=b"X-Spam-Flag: YES\n")
+    c = case("sm-forged-verdict", b"buy now", extra=b"X-Spam-Flag: YES\n")
     qid = s.send(c.sender, c.recipients, c.message)
     trace, received, relayed = st.poll(lambda: s.relayed().get(c.name), WAIT, what="the original at smtp-sink")
     assert relayed == c.message
-    settle(s)
-    assert journals_of(s, c.name) == []
-    assert enqueued_for(s, qid) == []
-    assert not [l for l in s.milter_log_text().splitlines() if "(queue ID %s)" % qid in l]
+    st.poll(lambda: journals_of(s, c.name), WAIT, what="the journal of the forged-verdict message")
+    assert [(e[1], e[2]) for e in enqueued_for(s, qid)] == [("<sm-forged-verdict.it@example.net>", INTAKE)]
 
 
 def test_message_quarantined_by_an_earlier_filter_is_not_journaled(sm_stack):

@@ -18,7 +18,7 @@ use tokio::net::UnixListener;
 
 use crate::queue::{Queue, QueueStatus, QUEUE_NAME};
 use crate::stats::{IntakeCounts, LastError, Snapshot};
-use crate::tracking::{Journal, Tracker};
+use crate::tracking::{Journal, NotJournaled, Tracker};
 
 /// Longest request line we read.
 const MAX_REQUEST: u64 = 1024;
@@ -52,6 +52,23 @@ pub struct Status {
     /// Outcomes per intake address.
     pub intakes: BTreeMap<String, IntakeCounts>,
     pub last_error: Option<LastError>,
+    /// Messages by outcome since start (journaled, and each reason not to).
+    #[serde(default)]
+    pub messages: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub milter: MilterStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MilterStatus {
+    /// MTA connections served in full now, and the limit (milter.max_connections).
+    pub connections: u64,
+    pub max_connections: u64,
+    /// Connections that came past the limit since start.
+    pub busy_connections: u64,
+    /// Seconds since the Unix epoch; 0 for never.
+    pub last_message_at: u64,
+    pub last_delivery_at: u64,
 }
 
 fn epoch_secs() -> u64 {
@@ -65,6 +82,9 @@ fn epoch_secs() -> u64 {
 pub struct Tracked {
     pub key: String,
     pub journals: Vec<Journal>,
+    /// Messages with that queue ID or Message-ID that were not journaled, and why.
+    #[serde(default)]
+    pub not_journaled: Vec<NotJournaled>,
 }
 
 /// What the daemon answers with.
@@ -87,6 +107,7 @@ impl Controller {
         Tracked {
             key: key.to_string(),
             journals: self.tracker.find(key),
+            not_journaled: self.tracker.find_not_journaled(key),
         }
     }
 
@@ -108,6 +129,18 @@ impl Controller {
             counters: stats.snapshot(),
             intakes: stats.per_intake(),
             last_error: stats.last_error(),
+            messages: stats.messages(),
+            milter: {
+                let (connections, busy_connections) = stats.milter_connections();
+                let (last_message_at, last_delivery_at) = stats.last_activity();
+                MilterStatus {
+                    connections,
+                    max_connections: stats.milter_connection_limit(),
+                    busy_connections,
+                    last_message_at,
+                    last_delivery_at,
+                }
+            },
         }
     }
 
@@ -275,13 +308,23 @@ pub fn render_tophosts(t: &TopHosts) -> String {
 
 /// `track` for people.
 pub fn render_tracked(t: &Tracked) -> String {
-    if t.journals.is_empty() {
+    if t.journals.is_empty() && t.not_journaled.is_empty() {
         return format!(
             "no journal found for {:?} (journals kept: the most recent ones, see tracking.max_journals)\n",
             t.key
         );
     }
     let mut out = String::new();
+    for m in &t.not_journaled {
+        out.push_str(&format!(
+            "queue ID {}, Message-ID '{}': not journaled ({})\n  {}  {}\n\n",
+            m.queue_id,
+            crate::tdclog::sanitize(&m.message_id),
+            m.outcome.label(),
+            stamp(m.at),
+            crate::tdclog::sanitize(&m.reason)
+        ));
+    }
     for j in &t.journals {
         out.push_str(&format!(
             "MID {} (queue ID {}, Message-ID '{}') to {}\n",
@@ -317,6 +360,49 @@ pub fn render_status(s: &Status) -> String {
         "since start: {} delivered, {} soft bounced, {} hard bounced ({} expired), {} refused (queue full or spool error), {} too large\n",
         c.delivered, c.soft_bounced, c.hard_bounced, c.expired, c.refused, c.too_large
     ));
+    let m = &s.milter;
+    let busy = if m.busy_connections > 0 {
+        format!(
+            "; the limit was reached: {} connections came past it since start",
+            m.busy_connections
+        )
+    } else {
+        String::new()
+    };
+    out.push_str(&format!(
+        "milter connections: {} of milter.max_connections {}{busy}\n",
+        m.connections, m.max_connections
+    ));
+    let when = |at: u64| {
+        if at == 0 {
+            "never".to_string()
+        } else {
+            stamp(at)
+        }
+    };
+    out.push_str(&format!(
+        "last message: {}; last journal delivered: {}\n",
+        when(m.last_message_at),
+        when(m.last_delivery_at)
+    ));
+    if !s.messages.is_empty() {
+        let total: u64 = s.messages.values().sum();
+        let journaled = s.messages.get("journaled").copied().unwrap_or(0);
+        let others: Vec<String> = s
+            .messages
+            .iter()
+            .filter(|(k, v)| k.as_str() != "journaled" && **v > 0)
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        let others = if others.is_empty() {
+            "none".to_string()
+        } else {
+            others.join(", ")
+        };
+        out.push_str(&format!(
+            "messages since start: {total}, {journaled} journaled; not journaled: {others}\n"
+        ));
+    }
     if !s.intakes.is_empty() {
         out.push_str(
             "\nintake address                              delivered  soft bounced  hard bounced\n",

@@ -59,6 +59,33 @@ pub struct Journal {
     pub eight_bit: bool,
 }
 
+/// The header that marks a journal (its top-level envelope report marker), also how a
+/// journal that comes back through the gateway is known (docs/LOGGING.md, "loop").
+pub const MARKER_HEADER: &str = "X-MS-Journal-Report";
+
+/// Whether `id` has the form [`journal_message_id`] gives (`<millis.mid.tdc@domain>`),
+/// of this gateway or of any other running tdc-milter.
+pub fn is_journal_message_id(id: &str) -> bool {
+    let Some(inner) = id
+        .trim()
+        .strip_prefix('<')
+        .and_then(|i| i.strip_suffix('>'))
+    else {
+        return false;
+    };
+    let Some((local, domain)) = inner.split_once('@') else {
+        return false;
+    };
+    let mut parts = local.split('.');
+    let digits =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    digits(parts.next())
+        && digits(parts.next())
+        && parts.next() == Some("tdc")
+        && parts.next().is_none()
+        && !domain.is_empty()
+}
+
 /// The `Message-ID` of a journal: unique per MID and time, in the sender's domain.
 pub fn journal_message_id(mid: u64, sender: &str, now: OffsetDateTime) -> String {
     let domain = sender.rsplit_once('@').map_or("localhost", |(_, d)| d);
@@ -459,7 +486,7 @@ mod tests {
             .expect("journal parses");
         let report = msg.body_text(0).expect("report part");
         assert!(report.contains(&format!("Subject: {}\r\n", subject.trim())));
-        let report_start = text.find("X-MS-Journal-Report:").expect("report");
+        let report_start = text.find(&format!("{MARKER_HEADER}:")).expect("report");
         let attachment_start = text
             .find("Content-Type: message/rfc822")
             .expect("attachment");
@@ -476,6 +503,17 @@ mod tests {
     fn message_id_uses_the_sender_domain() {
         let id = journal_message_id(42, "tdc@gw.example.org", date());
         assert_eq!(id, "<1795000000000.42.tdc@gw.example.org>");
+        assert!(is_journal_message_id(&id));
+        for other in [
+            "<1.2.tdc@>",
+            "<1.tdc@x>",
+            "<a.2.tdc@x>",
+            "<1.2.tdc.x@y>",
+            "1.2.tdc@x",
+            "<m1@example.org>",
+        ] {
+            assert!(!is_journal_message_id(other), "{other}");
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod delivery;
 pub mod journal;
 pub mod metrics;
 pub mod milter;
+pub mod outcome;
 pub mod policy;
 pub mod probe;
 pub mod queue;
@@ -40,6 +41,10 @@ use config::Settings;
 use stats::Stats;
 use tdclog::{Event, Log};
 use tokio::sync::mpsc;
+
+/// Connections indymilter accepts at most: far past any milter.max_connections, so
+/// that the process's file descriptor limit, not a silent wait, is what ends it.
+const ACCEPT_CEILING: usize = 1 << 20;
 
 #[derive(Debug)]
 pub enum RunError {
@@ -104,6 +109,7 @@ pub async fn run_with(
     if !settings.delivery.tls.verify {
         log.event(Event::TlsVerifyOff);
     }
+    stats.set_milter_connection_limit(settings.milter.max_connections);
     let (queue, scheduler) =
         queue::open(&settings, deliverer, stats, log.clone()).map_err(RunError::Spool)?;
     // The control socket is for looking; journaling goes on without it.
@@ -145,12 +151,25 @@ pub async fn run_with(
         version: env!("CARGO_PKG_VERSION"),
         listen: &listen,
     });
-    let shared = Arc::new(milter::Shared::new(Arc::new(settings), queue, log.clone()));
+    let milter_config = indymilter::Config {
+        // Our own limit (milter.max_connections) is applied at negotiation, where a
+        // connection past it is answered at once; indymilter's would leave it
+        // unanswered in the listen backlog until the MTA's timeout.
+        max_connections: ACCEPT_CEILING,
+        connection_timeout: settings.milter.idle_timeout,
+        ..indymilter::Config::default()
+    };
+    let shared = Arc::new(milter::Shared::new(
+        Arc::new(settings),
+        queue,
+        log.clone(),
+        tracker,
+    ));
     let reloading = tokio::spawn(reload::serve(reload, shared.clone(), log.clone()));
     // Ready for systemd (Type=notify); a no-op without NOTIFY_SOCKET.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    let config = indymilter::Config::default();
-    let served = indymilter::run(listener, milter::callbacks(shared), config, shutdown).await;
+    let served =
+        indymilter::run(listener, milter::callbacks(shared), milter_config, shutdown).await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     reloading.abort();
 

@@ -20,6 +20,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
+use crate::outcome::Outcome;
 use crate::queue::Queue;
 
 /// Reads the queue's figures at each scrape.
@@ -128,6 +129,55 @@ impl Collector for QueueCollector {
             None,
             s.connections as i64,
         )?;
+        let (milter_connections, busy) = stats.milter_connections();
+        gauge(
+            e,
+            "milter_connections",
+            "MTA connections served in full now.",
+            None,
+            milter_connections as i64,
+        )?;
+        gauge(
+            e,
+            "milter_max_connections",
+            "milter.max_connections: MTA connections served in full at most.",
+            None,
+            stats.milter_connection_limit() as i64,
+        )?;
+        counter(
+            e,
+            "milter_busy_connections",
+            "MTA connections that came past milter.max_connections (their messages are not journaled).",
+            busy,
+        )?;
+        let (last_message, last_delivery) = stats.last_activity();
+        gauge(
+            e,
+            "last_message_timestamp",
+            "When a message last reached end of message (Unix time; 0: none since start).",
+            Some(&Unit::Seconds),
+            last_message as i64,
+        )?;
+        gauge(
+            e,
+            "last_delivery_timestamp",
+            "When the intake last accepted a journal (Unix time; 0: none since start).",
+            Some(&Unit::Seconds),
+            last_delivery as i64,
+        )?;
+        let messages = stats.messages();
+        let family = ConstCounter::new(0u64);
+        let mut metric = e.encode_descriptor(
+            "messages",
+            "Messages at end of message by outcome: journaled, or the reason they were not.",
+            None,
+            family.metric_type(),
+        )?;
+        for outcome in Outcome::ALL {
+            let labels = [("outcome", outcome.label())];
+            ConstCounter::new(messages.get(outcome.label()).copied().unwrap_or(0))
+                .encode(metric.encode_family(&labels)?)?;
+        }
         let failures = stats.failures();
         let family = ConstCounter::new(0u64);
         let mut metric = e.encode_descriptor(

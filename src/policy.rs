@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 
 use crate::config::{Connector, Pattern, Policy, Settings};
+use crate::outcome::Outcome;
 
 /// One journal copy to build: an intake address and the envelope recipients for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +145,25 @@ pub fn resolve(settings: &Settings, sender: &str, recipients: &[String]) -> Vec<
     jobs
 }
 
+/// Why [`resolve`] gave no journal: some recipient matched no policy, or every
+/// recipient's policy resolves to `off`. Only asked when there is no journal, so the
+/// usual path matches each recipient once.
+pub fn why_no_journal(settings: &Settings, sender: &str, recipients: &[String]) -> Outcome {
+    let sender = MatchAddress::parse(sender);
+    let unmatched = recipients.iter().any(|r| {
+        let rcpt = MatchAddress::parse(r);
+        !settings
+            .policies
+            .iter()
+            .any(|p| policy_matches(p, sender.as_ref(), rcpt.as_ref()))
+    });
+    if unmatched || recipients.is_empty() {
+        Outcome::NoPolicy
+    } else {
+        Outcome::ConnectorOff
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +257,14 @@ policies:
             &rcpts(&["<bob@example.com>", "<x@partners.example.com>"]),
         );
         assert!(jobs.is_empty(), "{jobs:?}");
+        assert_eq!(
+            why_no_journal(
+                &s,
+                "<news@newsletter.example.org>",
+                &rcpts(&["<bob@example.com>"])
+            ),
+            Outcome::ConnectorOff
+        );
         // ...but `research` comes first, so it still wins for its recipients.
         let jobs = resolve(
             &s,
@@ -244,6 +272,19 @@ policies:
             &rcpts(&["<x@q.lab.example.com>"]),
         );
         assert_eq!(jobs.len(), 1);
+    }
+
+    #[test]
+    fn no_policy_when_a_recipient_matches_none() {
+        // Without DEFAULT (as in a unit test; a loaded file always has it).
+        let mut s = settings(POLICIES);
+        s.policies
+            .retain(|p| p.name != crate::config::DEFAULT_POLICY);
+        assert_eq!(
+            why_no_journal(&s, "<a@b.example>", &rcpts(&["<x@nowhere.example>"])),
+            Outcome::NoPolicy
+        );
+        assert_eq!(why_no_journal(&s, "<a@b.example>", &[]), Outcome::NoPolicy);
     }
 
     #[test]

@@ -14,7 +14,9 @@ use crate::tdclog::{Event, Log};
 /// Keys that a reload cannot apply to a running daemon.
 pub fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
     let mut keys = Vec::new();
-    if old.milter != new.milter {
+    // milter.max_connections is read at each new connection: a reload applies it.
+    if old.milter.listen != new.milter.listen || old.milter.idle_timeout != new.milter.idle_timeout
+    {
         keys.push("milter");
     }
     if old.delivery != new.delivery {

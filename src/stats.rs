@@ -4,11 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::{Deserialize, Serialize};
+
+use crate::outcome::Outcome;
 
 #[derive(Debug)]
 pub struct Stats {
@@ -30,6 +32,18 @@ pub struct Stats {
     refused: AtomicU64,
     /// Originals over journal.max_size.
     too_large: AtomicU64,
+    /// Messages by outcome, indexed by [`Outcome::index`].
+    messages: [AtomicU64; Outcome::ALL.len()],
+    /// MTA connections being served in full now.
+    milter_connections: AtomicU64,
+    /// MTA connections answered as busy since start (past milter.max_connections).
+    milter_busy_connections: AtomicU64,
+    /// milter.max_connections as last applied.
+    milter_connection_limit: AtomicU64,
+    /// When a message last reached end of message, and when the intake last accepted
+    /// a journal: seconds since the Unix epoch, 0 for never.
+    last_message_at: AtomicU64,
+    last_delivery_at: AtomicU64,
     /// Outcomes per intake address.
     per_intake: Mutex<BTreeMap<String, IntakeCounts>>,
     /// The latest failure, for `status`.
@@ -56,6 +70,12 @@ impl Default for Stats {
             expired: AtomicU64::default(),
             refused: AtomicU64::default(),
             too_large: AtomicU64::default(),
+            messages: Default::default(),
+            milter_connections: AtomicU64::default(),
+            milter_busy_connections: AtomicU64::default(),
+            milter_connection_limit: AtomicU64::default(),
+            last_message_at: AtomicU64::default(),
+            last_delivery_at: AtomicU64::default(),
             per_intake: Mutex::default(),
             last_error: Mutex::default(),
             failures: Mutex::default(),
@@ -154,6 +174,7 @@ impl Stats {
 
     pub fn delivered(&self, intake: &str) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.last_delivery_at.store(epoch_secs(), Ordering::Relaxed);
         self.for_intake(intake, |c| c.delivered += 1);
     }
 
@@ -200,9 +221,7 @@ impl Stats {
 
     /// Remembers the latest failed attempt.
     pub fn failure(&self, mid: u64, error: &str) {
-        let at = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let at = epoch_secs();
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(LastError {
                 at,
@@ -230,6 +249,88 @@ impl Stats {
     pub fn too_large(&self) {
         self.too_large.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Counts one message's outcome.
+    pub fn message(&self, outcome: Outcome) {
+        self.messages[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        self.last_message_at.store(epoch_secs(), Ordering::Relaxed);
+    }
+
+    /// Messages by outcome since start, every outcome present.
+    pub fn messages(&self) -> BTreeMap<String, u64> {
+        Outcome::ALL
+            .iter()
+            .map(|o| {
+                let n = self.messages[o.index()].load(Ordering::Relaxed);
+                (o.label().to_string(), n)
+            })
+            .collect()
+    }
+
+    /// Takes a full milter session if fewer than `limit` are open; the session ends
+    /// when the slot is dropped. `None`: busy, counted.
+    pub fn milter_session(self: &Arc<Self>, limit: usize) -> Option<MilterSlot> {
+        self.milter_connection_limit
+            .store(limit as u64, Ordering::Relaxed);
+        let taken =
+            self.milter_connections
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < limit as u64).then_some(n + 1)
+                });
+        match taken {
+            Ok(_) => Some(MilterSlot(self.clone())),
+            Err(_) => {
+                self.milter_busy_connections.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// (full sessions open now, connections answered as busy since start)
+    pub fn milter_connections(&self) -> (u64, u64) {
+        (
+            self.milter_connections.load(Ordering::Relaxed),
+            self.milter_busy_connections.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Records milter.max_connections for `status` and the metrics before the first
+    /// connection comes (each connection records the limit it met).
+    pub fn set_milter_connection_limit(&self, limit: usize) {
+        self.milter_connection_limit
+            .store(limit as u64, Ordering::Relaxed);
+    }
+
+    pub fn milter_connection_limit(&self) -> u64 {
+        self.milter_connection_limit.load(Ordering::Relaxed)
+    }
+
+    /// (last message, last delivery) in seconds since the Unix epoch, 0 for never.
+    pub fn last_activity(&self) -> (u64, u64) {
+        (
+            self.last_message_at.load(Ordering::Relaxed),
+            self.last_delivery_at.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One full milter session; its drop frees the place, however the session ends.
+#[derive(Debug)]
+pub struct MilterSlot(Arc<Stats>);
+
+impl Drop for MilterSlot {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .milter_connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+}
+
+fn epoch_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -253,5 +354,30 @@ mod tests {
         assert_eq!(per["j@intake.test"].delivered, 1);
         stats.failure(3, "RCPT TO: server replied 452");
         assert_eq!(stats.last_error().map(|e| e.mid), Some(3));
+    }
+
+    #[test]
+    fn milter_sessions_past_the_limit_are_busy_and_a_dropped_slot_frees_its_place() {
+        let stats = Arc::new(Stats::default());
+        let first = stats.milter_session(2);
+        let second = stats.milter_session(2);
+        assert!(first.is_some() && second.is_some());
+        assert!(stats.milter_session(2).is_none());
+        assert_eq!(stats.milter_connections(), (2, 1));
+        drop(first);
+        assert_eq!(stats.milter_connections(), (1, 1));
+        assert!(stats.milter_session(2).is_some());
+    }
+
+    #[test]
+    fn each_outcome_counts_under_its_own_label() {
+        let stats = Stats::default();
+        stats.message(Outcome::Journaled);
+        stats.message(Outcome::Loop);
+        stats.message(Outcome::Loop);
+        let m = stats.messages();
+        assert_eq!(m.len(), Outcome::ALL.len());
+        assert_eq!((m["journaled"], m["loop"], m["not_clean"]), (1, 2, 0));
+        assert_ne!(stats.last_activity().0, 0);
     }
 }

@@ -11,7 +11,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::outcome::Skip;
 use crate::tdclog::{Event, Tap};
+
+mod skipped;
+pub use skipped::NotJournaled;
 
 /// How many journals the store keeps by default; the oldest are dropped first.
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -125,6 +129,8 @@ pub struct Tracker {
     capacity: usize,
     max_age: Duration,
     store: Mutex<Store>,
+    /// Messages not journaled, and why.
+    skipped: skipped::Skipped,
 }
 
 fn now() -> u64 {
@@ -158,7 +164,18 @@ impl Tracker {
             capacity: capacity.max(1),
             max_age,
             store: Mutex::new(Store::default()),
+            skipped: skipped::Skipped::new(capacity, max_age),
         }
+    }
+
+    /// Keeps the message that `skip` says was not journaled, for `track`.
+    pub fn not_journaled(&self, queue_id: &str, message_id: &str, skip: &Skip) {
+        self.skipped.keep(now(), queue_id, message_id, skip);
+    }
+
+    /// Messages not journaled whose queue ID or Message-ID is `key`.
+    pub fn find_not_journaled(&self, key: &str) -> Vec<NotJournaled> {
+        self.skipped.find(key)
     }
 
     /// Journals whose MID, queue ID or Message-ID (brackets optional) is `key`.

@@ -118,6 +118,41 @@ async fn metrics_match_the_counters_and_parse() {
         value(&scrape, "tdc_milter_accept_to_delivered_seconds", None),
         1.0
     );
+    assert_eq!(
+        value(
+            &scrape,
+            "tdc_milter_messages_total",
+            Some(("outcome", "journaled"))
+        ),
+        2.0
+    );
+    for outcome in tdc_milter::outcome::Outcome::ALL {
+        let _ = value(
+            &scrape,
+            "tdc_milter_messages_total",
+            Some(("outcome", outcome.label())),
+        );
+    }
+    assert_eq!(
+        value(&scrape, "tdc_milter_milter_max_connections", None),
+        1000.0
+    );
+    assert_eq!(
+        value(&scrape, "tdc_milter_milter_busy_connections_total", None),
+        0.0
+    );
+    assert_eq!(value(&scrape, "tdc_milter_milter_connections", None), 0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    for name in [
+        "tdc_milter_last_message_timestamp_seconds",
+        "tdc_milter_last_delivery_timestamp_seconds",
+    ] {
+        let at = value(&scrape, name, None);
+        assert!((now - 600.0..=now + 1.0).contains(&at), "{name} {at}");
+    }
 
     let (head, _) = get(&address, "/other").await;
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");

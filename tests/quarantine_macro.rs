@@ -98,9 +98,9 @@ async fn quarantined_message_is_not_journaled() {
 }
 
 #[tokio::test]
-async fn spam_that_is_also_quarantined_stays_silent() {
-    // A "not clean" verdict header already rules the message out, and that produces
-    // no line (docs/LOGGING.md); the quarantine adds none either.
+async fn spam_that_is_also_quarantined_gets_one_line() {
+    // Quarantined and carrying a "not clean" verdict: one outcome, one line, and the
+    // quarantine (checked first) is the reason given.
     let dir = tempfile::tempdir().expect("tempdir");
     let (intake, ca) = common::start_intake(IntakeScript::default(), dir.path()).await;
     let yaml = format!(
@@ -124,12 +124,13 @@ async fn spam_that_is_also_quarantined_stays_silent() {
     assert_eq!(status, Status::Accept);
     conn.close().await.expect("close");
     let lines = daemon.stop().await;
-    assert!(
-        !lines
-            .iter()
-            .any(|l| l.contains("Q5SPAM") || l.contains(" enqueued ")),
+    let about: Vec<&String> = lines.iter().filter(|l| l.contains("Q5SPAM")).collect();
+    assert_eq!(
+        about,
+        ["Info: TDC: message with Message-ID '' (queue ID Q5SPAM) not journaled: quarantined by an earlier mail filter: spam"],
         "{lines:#?}"
     );
+    assert!(!lines.iter().any(|l| l.contains(" enqueued ")));
     assert!(intake.messages().is_empty());
     intake.shutdown().await;
 }

@@ -16,7 +16,8 @@ use serde_saphyr::{DuplicateKeyPolicy, Error as YamlError, Location, Spanned};
 
 use super::units::{parse_duration, parse_size};
 use super::values::{
-    check_header_name, normalise_address, parse_host_port, parse_pattern, parse_socket_spec,
+    check_header_name, normalise_address, parse_host_port, parse_network, parse_pattern,
+    parse_socket_spec,
 };
 use super::yaml_path::{node_at, Node};
 use super::Level;
@@ -27,6 +28,11 @@ use super::{
 };
 
 const DEFAULT_LISTEN: &str = "inet:127.0.0.1:8895";
+/// Debian's Postfix runs up to `default_process_limit` (100) smtpd processes per
+/// service, each holding one milter connection: ten such services fit.
+const DEFAULT_MILTER_MAX_CONNECTIONS: usize = 1000;
+/// libmilter's own default, a little over Postfix's longest milter timeout (2 h).
+const DEFAULT_MILTER_IDLE_TIMEOUT_SECS: u64 = 7210;
 const DEFAULT_CLIENT_IP_HEADER: &str = "X-IronPort-RemoteIP";
 const DEFAULT_MAX_SIZE: u64 = 50 * 1024 * 1024;
 const DEFAULT_PORT: u16 = 25;
@@ -205,12 +211,15 @@ struct RawQueue {
 #[serde(deny_unknown_fields)]
 struct RawMilter {
     listen: Option<Spanned<String>>,
+    max_connections: Option<Spanned<usize>>,
+    idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawIncoming {
     daemon_names: Option<Vec<Spanned<String>>>,
+    internal_networks: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -754,7 +763,23 @@ impl Loader<'_> {
                 .map_err(|e| self.bad(listen, "milter.listen", e))?,
             None => parse_socket_spec(DEFAULT_LISTEN).map_err(|e| self.err(None, e))?,
         };
-        Ok(MilterSettings { listen })
+        let max_connections = match &raw.max_connections {
+            Some(n) if n.value == 0 => {
+                return Err(self.bad(n, "milter.max_connections", "must be at least 1"))
+            }
+            Some(n) => n.value,
+            None => DEFAULT_MILTER_MAX_CONNECTIONS,
+        };
+        let idle_timeout = self.duration(
+            &raw.idle_timeout,
+            "milter.idle_timeout",
+            std::time::Duration::from_secs(DEFAULT_MILTER_IDLE_TIMEOUT_SECS),
+        )?;
+        Ok(MilterSettings {
+            listen,
+            max_connections,
+            idle_timeout,
+        })
     }
 
     fn incoming(&self, raw: RawIncoming) -> Result<IncomingSettings, ConfigError> {
@@ -770,7 +795,16 @@ impl Loader<'_> {
             }
             daemon_names.push(value.to_string());
         }
-        Ok(IncomingSettings { daemon_names })
+        let mut internal_networks = Vec::new();
+        for (i, entry) in raw.internal_networks.unwrap_or_default().iter().enumerate() {
+            let network = parse_network(&entry.value)
+                .map_err(|e| self.bad(entry, &format!("incoming.internal_networks[{i}]"), e))?;
+            internal_networks.push(network);
+        }
+        Ok(IncomingSettings {
+            daemon_names,
+            internal_networks,
+        })
     }
 
     fn journal(&self, raw: RawJournal) -> Result<JournalSettings, ConfigError> {
@@ -794,11 +828,10 @@ impl Loader<'_> {
             },
             None => DEFAULT_MAX_SIZE,
         };
+        // No default verdict: a header that a filter before us did not set (or did not
+        // clean of the sender's copies) would let any sender opt out of scanning.
         let not_clean = match raw.not_clean {
-            None => vec![HeaderVerdict {
-                header: "X-Spam-Flag".to_string(),
-                value: "YES".to_string(),
-            }],
+            None => Vec::new(),
             Some(list) => {
                 let mut verdicts = Vec::with_capacity(list.len());
                 for (i, v) in list.iter().enumerate() {

@@ -50,6 +50,12 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MilterSettings {
     pub listen: SocketSpec,
+    /// MTA connections served in full; past it a connection is answered at once and
+    /// its messages are logged and counted as "milter busy" (docs/LOGGING.md).
+    pub max_connections: usize,
+    /// A connection on which the MTA sends nothing for this long is closed. Longer
+    /// than any MTA timeout, so that the MTA, not we, ends an idle session.
+    pub idle_timeout: Duration,
 }
 
 /// A milter socket in Postfix syntax.
@@ -91,6 +97,18 @@ impl fmt::Display for SocketSpec {
 pub struct IncomingSettings {
     /// `{daemon_name}` values that count as inbound; empty means every service.
     pub daemon_names: Vec<String>,
+    /// SMTP clients whose mail is internal (relayed outbound or between sites), not
+    /// incoming: like Postfix's `mynetworks`.
+    pub internal_networks: Vec<ipnet::IpNet>,
+}
+
+impl IncomingSettings {
+    /// Whether `ip` (an IPv4-mapped IPv6 address counts as its IPv4 address) is in
+    /// `internal_networks`.
+    pub fn is_internal(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.internal_networks.iter().any(|n| n.contains(&ip))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

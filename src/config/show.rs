@@ -44,8 +44,17 @@ pub fn values(s: &Settings) -> Vec<(String, String)> {
         ),
         ("milter.listen", socket(&s.milter.listen)),
         (
+            "milter.max_connections",
+            s.milter.max_connections.to_string(),
+        ),
+        ("milter.idle_timeout", duration(s.milter.idle_timeout)),
+        (
             "incoming.daemon_names",
             list(s.incoming.daemon_names.clone()),
+        ),
+        (
+            "incoming.internal_networks",
+            list(s.incoming.internal_networks.iter().map(|n| n.to_string())),
         ),
         ("journal.sender", s.journal.sender.clone()),
         (

@@ -225,9 +225,62 @@ pub(crate) fn check_header_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// An address (`192.0.2.7`, `2001:db8::1`, a host route) or a CIDR block
+/// (`10.0.0.0/8`, `2001:db8::/32`), as in Postfix's `mynetworks`; an IPv6 address may
+/// be written in brackets (`[2001:db8::]/32`), as Postfix writes it. Host bits set
+/// below the prefix are refused: `10.1.2.3/8` is more likely a typo than a wish.
+pub(crate) fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let trimmed = text.trim();
+    let (address, prefix) = match trimmed.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (trimmed, None),
+    };
+    let address = address
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or(address);
+    let ip: std::net::IpAddr = address.parse().map_err(|_| {
+        format!("'{trimmed}' is not an IP address or CIDR block (like 10.0.0.0/8 or 2001:db8::/32)")
+    })?;
+    let ip = ip.to_canonical();
+    let network = match prefix {
+        None => ipnet::IpNet::from(ip),
+        Some(p) => {
+            let len: u8 = p
+                .parse()
+                .map_err(|_| format!("'{trimmed}': the prefix length '{p}' is not a number"))?;
+            ipnet::IpNet::new(ip, len).map_err(|_| {
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                format!("'{trimmed}': the prefix length {len} is over {max}")
+            })?
+        }
+    };
+    if network.trunc() != network {
+        return Err(format!(
+            "'{trimmed}' has host bits set below /{}; did you mean {}?",
+            network.prefix_len(),
+            network.trunc()
+        ));
+    }
+    Ok(network)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_like_mynetworks() {
+        let ok = |t: &str| parse_network(t).map(|n| n.to_string());
+        assert_eq!(ok("10.0.0.0/8").as_deref(), Ok("10.0.0.0/8"));
+        assert_eq!(ok(" 192.0.2.7 ").as_deref(), Ok("192.0.2.7/32"));
+        assert_eq!(ok("[2001:db8::]/32").as_deref(), Ok("2001:db8::/32"));
+        assert_eq!(ok("2001:db8::1").as_deref(), Ok("2001:db8::1/128"));
+        assert_eq!(ok("::ffff:10.0.0.0/8").as_deref(), Ok("10.0.0.0/8"));
+        for bad in ["10.0.0.0/33", "10.1.2.3/8", "example.com", "10.0.0.0/x", ""] {
+            assert!(parse_network(bad).is_err(), "{bad} accepted");
+        }
+    }
 
     #[test]
     fn sockets() {

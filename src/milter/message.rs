@@ -23,14 +23,26 @@ pub struct Message {
     over_limit: bool,
     pub subject: Option<Vec<u8>>,
     pub message_id: Option<String>,
-    /// A configured "not clean" verdict header was present.
-    pub not_clean: bool,
+    /// The first configured "not clean" verdict header present: (name, value) as
+    /// the message carries them.
+    pub verdict: Option<(String, String)>,
+    /// The journal's own marker header (`X-MS-Journal-Report`) was present.
+    pub journal_marker: bool,
+    /// Whether the original is kept: not on a connection past milter.max_connections,
+    /// which is never journaled and must cost next to nothing.
+    store: bool,
     /// The body so far ends with CR (a chunk may end between CR and LF).
     body_ends_with_cr: bool,
 }
 
 impl Message {
+    #[cfg(test)]
     pub fn new(sender: String, settings: Arc<Settings>) -> Message {
+        Message::with_storage(sender, settings, true)
+    }
+
+    /// A message whose original is only counted, not kept (`store` false).
+    pub fn with_storage(sender: String, settings: Arc<Settings>, store: bool) -> Message {
         Message {
             settings,
             sender,
@@ -40,7 +52,9 @@ impl Message {
             over_limit: false,
             subject: None,
             message_id: None,
-            not_clean: false,
+            verdict: None,
+            journal_marker: false,
+            store,
             body_ends_with_cr: false,
         }
     }
@@ -81,13 +95,17 @@ impl Message {
         if name_str.eq_ignore_ascii_case("message-id") && self.message_id.is_none() {
             self.message_id = Some(String::from_utf8_lossy(&value).trim().to_string());
         }
-        if settings.not_clean.iter().any(|v| {
-            name_str.eq_ignore_ascii_case(&v.header)
-                && String::from_utf8_lossy(&value)
-                    .trim()
-                    .eq_ignore_ascii_case(v.value.trim())
-        }) {
-            self.not_clean = true;
+        if self.verdict.is_none() {
+            let trimmed = String::from_utf8_lossy(&value);
+            let trimmed = trimmed.trim();
+            if settings.not_clean.iter().any(|v| {
+                name_str.eq_ignore_ascii_case(&v.header) && trimmed.eq_ignore_ascii_case(&v.value)
+            }) {
+                self.verdict = Some((name_str.to_string(), trimmed.to_string()));
+            }
+        }
+        if name_str.eq_ignore_ascii_case(crate::journal::MARKER_HEADER) {
+            self.journal_marker = true;
         }
         if name_str.eq_ignore_ascii_case(&settings.client_ip_header) {
             return;
@@ -128,7 +146,7 @@ impl Message {
     /// the size is counted and the stored bytes are released.
     fn append(&mut self, len: usize, max_size: u64, write: impl FnOnce(&mut BytesMut)) {
         self.size = self.size.saturating_add(len as u64);
-        if self.over_limit {
+        if self.over_limit || !self.store {
             return;
         }
         if self.size > max_size {
@@ -191,7 +209,7 @@ mod tests {
     use super::*;
 
     fn settings(max_size: u64) -> Arc<Settings> {
-        let yaml = format!("intake_address: i@intake.test\njournal:\n  sender: tdc@gw.test\n  max_size: {max_size}B\n");
+        let yaml = format!("intake_address: i@intake.test\njournal:\n  sender: tdc@gw.test\n  max_size: {max_size}B\n  not_clean: [{{ header: X-Spam-Flag, value: \"YES\" }}]\n");
         Arc::new(Settings::from_yaml(&yaml, std::path::Path::new("t.yaml")).expect("settings"))
     }
 
@@ -232,10 +250,22 @@ mod tests {
         let s = settings(1 << 20);
         let mut m = Message::new("<a@b>".into(), s.clone());
         m.add_header(b"x-spam-flag", b" yes ", true);
-        assert!(m.not_clean);
+        assert_eq!(m.verdict, Some(("x-spam-flag".into(), "yes".into())));
         let mut m = Message::new("<a@b>".into(), s.clone());
         m.add_header(b"X-Spam-Flag", b" NO", true);
-        assert!(!m.not_clean);
+        assert_eq!(m.verdict, None);
+    }
+
+    #[test]
+    fn a_message_on_a_busy_connection_is_counted_not_kept() {
+        let s = settings(1 << 20);
+        let mut m = Message::with_storage("<a@b>".into(), s, false);
+        m.add_header(b"X-MS-Journal-Report", b"", true);
+        m.end_of_headers();
+        m.add_body(b"body\r\n");
+        assert!(m.original().is_empty());
+        assert_eq!(m.size(), 30);
+        assert!(m.journal_marker);
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! No callback does network I/O: the MTA waits on every callback, and delivery to the
 //! intake can take as long as its lifetime.
 
+mod decide;
 pub mod listener;
 mod message;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use indymilter::{
@@ -19,9 +21,13 @@ use time::OffsetDateTime;
 
 use crate::config::Settings;
 use crate::journal::{self, JournalFormat};
+use crate::outcome::{Outcome, Skip};
 use crate::policy;
 use crate::queue::{Entry, Queue};
+use crate::stats::MilterSlot;
 use crate::tdclog::{Event, Log};
+use crate::tracking::Tracker;
+use decide::{decide, MessageContext, QUARANTINED_PREFIX};
 use message::Message;
 
 /// What all milter connections share.
@@ -30,14 +36,20 @@ pub struct Shared {
     settings: RwLock<Arc<Settings>>,
     pub queue: Queue,
     pub log: Log,
+    /// Where messages that were not journaled are kept for `track`.
+    tracker: Arc<Tracker>,
+    /// `enabled: false` was logged for the settings in force.
+    disabled_noted: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(settings: Arc<Settings>, queue: Queue, log: Log) -> Shared {
+    pub fn new(settings: Arc<Settings>, queue: Queue, log: Log, tracker: Arc<Tracker>) -> Shared {
         Shared {
             settings: RwLock::new(settings),
             queue,
             log,
+            tracker,
+            disabled_noted: AtomicBool::new(false),
         }
     }
 
@@ -54,6 +66,7 @@ impl Shared {
             Ok(mut s) => *s = settings,
             Err(poisoned) => *poisoned.into_inner() = settings,
         }
+        self.disabled_noted.store(false, Ordering::Relaxed);
     }
 }
 
@@ -65,13 +78,21 @@ pub struct Connection {
     exact_header_values: bool,
     /// The stages the MTA agreed not to wait for our reply to.
     no_reply: ProtoOpts,
+    /// The place among milter.max_connections; `None`: the connection came past the
+    /// limit and its messages are only counted ("milter busy").
+    slot: Option<MilterSlot>,
     message: Option<Message>,
 }
 
 pub fn callbacks(shared: Arc<Shared>) -> Callbacks<Connection> {
     let mail_shared = shared.clone();
+    let negotiate_shared = shared.clone();
     Callbacks::new()
-        .on_negotiate(|cx, _actions, opts| Box::pin(negotiate(cx, opts)))
+        .on_negotiate(move |cx, _actions, opts| {
+            let limit = negotiate_shared.settings().milter.max_connections;
+            let slot = negotiate_shared.queue.stats().milter_session(limit);
+            Box::pin(negotiate(cx, opts, slot))
+        })
         .on_connect(|cx, _host, socket| Box::pin(connect(cx, socket)))
         .on_mail(move |cx, args| Box::pin(mail(mail_shared.settings(), cx, args)))
         .on_rcpt(|cx, args| Box::pin(rcpt(cx, args)))
@@ -131,7 +152,11 @@ fn message_of(cx: &mut Context<Connection>) -> (bool, Option<&mut Message>) {
     }
 }
 
-async fn negotiate(cx: &mut NegotiateContext<Connection>, offered: ProtoOpts) -> Status {
+async fn negotiate(
+    cx: &mut NegotiateContext<Connection>,
+    offered: ProtoOpts,
+    slot: Option<MilterSlot>,
+) -> Status {
     // We change nothing in the message: ask for no modification actions at all.
     cx.requested_actions = Actions::REQUEST_MACROS;
     let exact = offered.contains(ProtoOpts::LEADING_SPACE);
@@ -164,6 +189,7 @@ async fn negotiate(cx: &mut NegotiateContext<Connection>, offered: ProtoOpts) ->
     cx.data = Some(Connection {
         exact_header_values: exact,
         no_reply,
+        slot,
         ..Connection::default()
     });
     Status::Continue
@@ -188,7 +214,8 @@ async fn mail(
         .map(|a| a.to_string_lossy().into_owned())
         .unwrap_or_default();
     let conn = cx.data.get_or_insert_with(Connection::default);
-    conn.message = Some(Message::new(sender, settings));
+    let store = conn.slot.is_some();
+    conn.message = Some(Message::with_storage(sender, settings, store));
     reply(cx, ProtoOpts::NOREPLY_MAIL)
 }
 
@@ -238,78 +265,36 @@ async fn end_of_message_inner(shared: &Shared, cx: &mut EomContext<Connection>) 
         daemon_name: daemon_name.as_deref(),
         client_ip: conn.client_ip,
         quarantine: quarantine.as_deref(),
+        busy: conn.slot.is_none(),
     };
-    journal_message(shared, &context, &msg).await;
+    let outcome = journal_message(shared, &context, &msg).await;
+    shared.queue.stats().message(outcome);
     // The original always goes on, whatever happened to its journals.
     Status::Accept
 }
 
-/// What the MTA told us about the message besides its content.
-struct MessageContext<'a> {
-    queue_id: &'a str,
-    authenticated: bool,
-    daemon_name: Option<&'a str>,
-    client_ip: Option<IpAddr>,
-    /// Sendmail's `{quarantine}`: the reason an earlier filter quarantined the message.
-    quarantine: Option<&'a str>,
-}
-
-/// Incoming? Clean? Which intakes? Then build and enqueue one journal per intake.
-async fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message) {
-    let settings = &msg.settings;
-    if !settings.enabled || cx.authenticated || msg.not_clean {
-        return;
-    }
-    let daemons = &settings.incoming.daemon_names;
-    if !daemons.is_empty()
-        && !cx
-            .daemon_name
-            .is_some_and(|d| daemons.iter().any(|n| n == d))
-    {
-        return;
-    }
-    let jobs = policy::resolve(settings, &msg.sender, &msg.recipients);
-    if jobs.is_empty() {
-        return;
-    }
+/// Decides, then builds and enqueues one journal per intake; logs, tracks and
+/// returns the message's one outcome.
+async fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message) -> Outcome {
     let message_id = msg.message_id.as_deref().unwrap_or("");
-    // Quarantined by an earlier filter: not clean. Sendmail, unlike Postfix, still
-    // passes such a message to the filters after the one that quarantined it.
-    if let Some(reason) = cx.quarantine {
-        shared.log.event(Event::Quarantined {
-            queue_id: cx.queue_id,
-            message_id,
-            reason,
-        });
-        return;
-    }
-    if msg.over_limit() {
-        shared.queue.stats().too_large();
-        shared.log.event(Event::NotJournaled {
-            queue_id: cx.queue_id,
-            message_id,
-            reason: &format!(
-                "size {} bytes exceeds journal.max_size {} bytes",
-                msg.size(),
-                settings.journal.max_size
-            ),
-        });
-        return;
-    }
+    let jobs = match decide(cx, msg) {
+        Ok(jobs) => jobs,
+        Err(skip) => {
+            note_skip(shared, cx.queue_id, message_id, &skip);
+            return skip.outcome;
+        }
+    };
+    let settings = &msg.settings;
     let client_ip = cx.client_ip.map(|ip| ip.to_string());
     let added_headers =
         message::client_ip_line(&settings.journal.client_ip_header, client_ip.as_deref());
     let sender = policy::strip_brackets(&msg.sender);
+    let mut refused: Option<String> = None;
     for job in jobs {
         let mid = match shared.queue.next_mid() {
             Ok(mid) => mid,
             Err(e) => {
-                shared.queue.stats().refused();
-                shared.log.event(Event::NotJournaled {
-                    queue_id: cx.queue_id,
-                    message_id,
-                    reason: &e.to_string(),
-                });
+                refused = Some(journal_refused(shared, cx.queue_id, message_id, &e));
                 continue;
             }
         };
@@ -342,12 +327,76 @@ async fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message
             original_message_id: message_id.to_string(),
         };
         if let Err(e) = shared.queue.enqueue(entry).await {
-            shared.queue.stats().refused();
-            shared.log.event(Event::NotJournaled {
-                queue_id: cx.queue_id,
-                message_id,
-                reason: &e.to_string(),
-            });
+            refused = Some(journal_refused(shared, cx.queue_id, message_id, &e));
         }
     }
+    match refused {
+        // Logged per journal already; tracked once for the message.
+        Some(reason) => {
+            let skip = Skip::new(Outcome::Refused, reason);
+            shared.tracker.not_journaled(cx.queue_id, message_id, &skip);
+            Outcome::Refused
+        }
+        None => Outcome::Journaled,
+    }
+}
+
+/// A journal the queue would not take: logged and counted; the reason for `track`.
+fn journal_refused(
+    shared: &Shared,
+    queue_id: &str,
+    message_id: &str,
+    error: &dyn std::fmt::Display,
+) -> String {
+    let reason = error.to_string();
+    shared.queue.stats().refused();
+    shared.log.event(Event::NotJournaled {
+        queue_id,
+        message_id,
+        reason: &reason,
+    });
+    reason
+}
+
+/// Tracks every skip; logs those the settings do not ask for (docs/LOGGING.md).
+fn note_skip(shared: &Shared, queue_id: &str, message_id: &str, skip: &Skip) {
+    shared.tracker.not_journaled(queue_id, message_id, skip);
+    match skip.outcome {
+        outcome if outcome.expected() => {}
+        Outcome::TooLarge => {
+            shared.queue.stats().too_large();
+            log_skip(shared, queue_id, message_id, &skip.reason);
+        }
+        Outcome::Quarantined => {
+            let reason = skip
+                .reason
+                .strip_prefix(QUARANTINED_PREFIX)
+                .unwrap_or(&skip.reason);
+            shared.log.event(Event::Quarantined {
+                queue_id,
+                message_id,
+                reason,
+            });
+        }
+        // Once per settings: a switched-off connector is one decision, not news
+        // about each message.
+        Outcome::Disabled => {
+            if !shared.disabled_noted.swap(true, Ordering::Relaxed) {
+                let reason = format!(
+                    "{} (logged once until the settings are reloaded; every such message is counted)",
+                    skip.reason
+                );
+                log_skip(shared, queue_id, message_id, &reason);
+            }
+        }
+        _ => log_skip(shared, queue_id, message_id, &skip.reason),
+    }
+}
+
+fn log_skip(shared: &Shared, queue_id: &str, message_id: &str, reason: &str) {
+    shared.log.event(Event::NotJournaled {
+        queue_id,
+        message_id,
+        reason,
+    });
 }

@@ -48,7 +48,7 @@ pub(super) fn overlay(
         level,
         file,
         "milter",
-        [listen]
+        [listen, max_connections, idle_timeout]
     );
     overlay_section!(
         base.incoming,
@@ -57,7 +57,7 @@ pub(super) fn overlay(
         level,
         file,
         "incoming",
-        [daemon_names]
+        [daemon_names, internal_networks]
     );
     overlay_section!(
         base.journal,
@@ -134,6 +134,6 @@ pub(super) fn overlay(
         level,
         file,
         "tracking",
-        [max_journals]
+        [max_journals, max_age]
     );
 }
