@@ -57,6 +57,8 @@ pub struct Status {
     pub messages: BTreeMap<String, u64>,
     #[serde(default)]
     pub milter: MilterStatus,
+    #[serde(default)]
+    pub activity: Activity,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,9 +68,19 @@ pub struct MilterStatus {
     pub max_connections: u64,
     /// Connections that came past the limit since start.
     pub busy_connections: u64,
-    /// Seconds since the Unix epoch; 0 for never.
+}
+
+/// When things last happened, in seconds since the Unix epoch; 0 for never since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
     pub last_message_at: u64,
+    /// The intake's last 250 for a journal.
     pub last_delivery_at: u64,
+    pub last_soft_bounce_at: u64,
+    /// Expiry included.
+    pub last_hard_bounce_at: u64,
+    /// A connection came past milter.max_connections.
+    pub last_busy_at: u64,
 }
 
 fn epoch_secs() -> u64 {
@@ -132,13 +144,21 @@ impl Controller {
             messages: stats.messages(),
             milter: {
                 let (connections, busy_connections) = stats.milter_connections();
-                let (last_message_at, last_delivery_at) = stats.last_activity();
                 MilterStatus {
                     connections,
                     max_connections: stats.milter_connection_limit(),
                     busy_connections,
+                }
+            },
+            activity: {
+                let (last_message_at, last_delivery_at) = stats.last_activity();
+                let (last_soft_bounce_at, last_hard_bounce_at, last_busy_at) = stats.last_trouble();
+                Activity {
                     last_message_at,
                     last_delivery_at,
+                    last_soft_bounce_at,
+                    last_hard_bounce_at,
+                    last_busy_at,
                 }
             },
         }
@@ -382,8 +402,8 @@ pub fn render_status(s: &Status) -> String {
     };
     out.push_str(&format!(
         "last message: {}; last journal delivered: {}\n",
-        when(m.last_message_at),
-        when(m.last_delivery_at)
+        when(s.activity.last_message_at),
+        when(s.activity.last_delivery_at)
     ));
     if !s.messages.is_empty() {
         let total: u64 = s.messages.values().sum();

@@ -19,9 +19,11 @@
 //! `config` and `tdclog` are leaves that every module may use. This library exists for
 //! the binary and the integration tests; it makes no API promises.
 
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod delivery;
+pub mod heartbeat;
 pub mod journal;
 pub mod metrics;
 pub mod milter;
@@ -151,6 +153,9 @@ pub async fn run_with(
         version: env!("CARGO_PKG_VERSION"),
         listen: &listen,
     });
+    let spool_dir = settings.queue.spool_dir.clone();
+    heartbeat::Heartbeat::new(&spool_dir).start(&log);
+    let beating = tokio::spawn(heartbeat::Heartbeat::new(&spool_dir).run(log.clone()));
     let milter_config = indymilter::Config {
         // Our own limit (milter.max_connections) is applied at negotiation, where a
         // connection past it is answered at once; indymilter's would leave it
@@ -188,6 +193,9 @@ pub async fn run_with(
     if let Some(task) = exporting {
         task.abort();
     }
+    beating.abort();
+    // The moment of a clean stop, for the next start's gap line.
+    let _ = heartbeat::Heartbeat::new(&spool_dir).beat();
     log.event(Event::Stopping);
     served.map_err(RunError::Milter)
 }

@@ -54,6 +54,9 @@ enum Command {
         /// Print the JSON document instead
         #[arg(long)]
         json: bool,
+        /// One Nagios-plugin line (TDC OK/WARNING/CRITICAL/UNKNOWN - ...); exit 0, 1, 2 or 3
+        #[arg(long, conflicts_with = "json")]
+        check: bool,
     },
     /// Diagnose the path to the intake (route, TCP, STARTTLS, TLS, certificate, MAIL/RCPT); sends no message
     Probe {
@@ -94,7 +97,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Tophosts { json } => ask(&cli.config, "tophosts", json),
-        Command::Status { json } => ask(&cli.config, "status", json),
+        Command::Status { check: true, .. } => status_check(&cli.config),
+        Command::Status { json, .. } => ask(&cli.config, "status", json),
         Command::Probe { address, json } => probe(&cli.config, address.as_deref(), json),
         Command::Track { key, json } => {
             // One request is one line: a key with a line break cannot be asked for.
@@ -182,6 +186,34 @@ fn ask(path: &Path, request: &str, json: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `status --check`: a monitoring plugin's line and exit code; 3 whenever the
+/// daemon's state cannot be known.
+fn status_check(path: &Path) -> ExitCode {
+    use tdc_milter::check;
+    let judged = Settings::load(path)
+        .map_err(|e| format!("settings unreadable: {e}"))
+        .and_then(|settings| {
+            let answer = control::request(&settings.control.socket, "status")
+                .map_err(|e| format!("daemon not reachable: {e}"))?;
+            let status: control::Status = serde_json::from_str(&answer)
+                .map_err(|e| format!("unexpected answer from the daemon: {e}"))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            Ok(check::evaluate(
+                &status,
+                &check::Limits::from_settings(&settings),
+                now,
+            ))
+        });
+    let (level, line) = match judged {
+        Ok(judged) => judged,
+        Err(why) => (check::Level::Unknown, check::unknown(&why)),
+    };
+    println!("{line}");
+    ExitCode::from(level as u8)
 }
 
 /// Exit 0 only if a journal would be accepted.

@@ -115,6 +115,28 @@ impl Collector for QueueCollector {
             Some(&Unit::Bytes),
             q.bytes as i64,
         )?;
+        let bounds = self.queue.0.bounds();
+        gauge(
+            e,
+            "queue_max_journals",
+            "queue.max_messages: journals the.tdc.queue holds at most.",
+            None,
+            bounds.max_journals as i64,
+        )?;
+        gauge(
+            e,
+            "queue_max",
+            "queue.max_bytes: bytes of journals the.tdc.queue holds at most.",
+            Some(&Unit::Bytes),
+            i64::try_from(bounds.max_bytes).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            e,
+            "delivery_lifetime",
+            "delivery.lifetime: how long a journal is tried before it expires.",
+            Some(&Unit::Seconds),
+            i64::try_from(bounds.lifetime.as_secs()).unwrap_or(i64::MAX),
+        )?;
         gauge(
             e,
             "queue_oldest_age",

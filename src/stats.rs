@@ -44,6 +44,11 @@ pub struct Stats {
     /// a journal: seconds since the Unix epoch, 0 for never.
     last_message_at: AtomicU64,
     last_delivery_at: AtomicU64,
+    /// When a journal last soft or hard bounced (expiry included), and when a
+    /// connection last came past milter.max_connections: for `status --check`.
+    last_soft_bounce_at: AtomicU64,
+    last_hard_bounce_at: AtomicU64,
+    last_busy_at: AtomicU64,
     /// Outcomes per intake address.
     per_intake: Mutex<BTreeMap<String, IntakeCounts>>,
     /// The latest failure, for `status`.
@@ -76,6 +81,9 @@ impl Default for Stats {
             milter_connection_limit: AtomicU64::default(),
             last_message_at: AtomicU64::default(),
             last_delivery_at: AtomicU64::default(),
+            last_soft_bounce_at: AtomicU64::default(),
+            last_hard_bounce_at: AtomicU64::default(),
+            last_busy_at: AtomicU64::default(),
             per_intake: Mutex::default(),
             last_error: Mutex::default(),
             failures: Mutex::default(),
@@ -180,11 +188,15 @@ impl Stats {
 
     pub fn soft_bounced(&self, intake: &str) {
         self.soft_bounced.fetch_add(1, Ordering::Relaxed);
+        self.last_soft_bounce_at
+            .store(epoch_secs(), Ordering::Relaxed);
         self.for_intake(intake, |c| c.soft_bounced += 1);
     }
 
     pub fn hard_bounced(&self, intake: &str) {
         self.hard_bounced.fetch_add(1, Ordering::Relaxed);
+        self.last_hard_bounce_at
+            .store(epoch_secs(), Ordering::Relaxed);
         self.for_intake(intake, |c| c.hard_bounced += 1);
     }
 
@@ -281,6 +293,7 @@ impl Stats {
             Ok(_) => Some(MilterSlot(self.clone())),
             Err(_) => {
                 self.milter_busy_connections.fetch_add(1, Ordering::Relaxed);
+                self.last_busy_at.store(epoch_secs(), Ordering::Relaxed);
                 None
             }
         }
@@ -303,6 +316,15 @@ impl Stats {
 
     pub fn milter_connection_limit(&self) -> u64 {
         self.milter_connection_limit.load(Ordering::Relaxed)
+    }
+
+    /// (last soft bounce, last hard bounce, last busy connection), as [`Self::last_activity`].
+    pub fn last_trouble(&self) -> (u64, u64, u64) {
+        (
+            self.last_soft_bounce_at.load(Ordering::Relaxed),
+            self.last_hard_bounce_at.load(Ordering::Relaxed),
+            self.last_busy_at.load(Ordering::Relaxed),
+        )
     }
 
     /// (last message, last delivery) in seconds since the Unix epoch, 0 for never.

@@ -46,6 +46,12 @@ pub enum Event<'a> {
         listen: &'a str,
     },
     Stopping,
+    /// At start: how long no instance ran on this spool, so mail went unjournaled.
+    JournalingGap {
+        /// When the previous instance was last seen alive, as the log stamps time.
+        last_alive: &'a str,
+        off_secs: u64,
+    },
     /// Warning at start when certificate checks are off.
     TlsVerifyOff,
     /// A journal entered the.tdc.queue.
@@ -182,6 +188,7 @@ impl Event<'_> {
     pub fn severity(&self) -> Severity {
         match self {
             Event::TlsVerifyOff
+            | Event::JournalingGap { .. }
             | Event::NotJournaled { .. }
             | Event::DamagedSpoolFile { .. }
             | Event::ReloadRefused { .. }
@@ -201,6 +208,13 @@ impl fmt::Display for Event<'_> {
                 write!(f, "tdc-milter {version} starting, milter socket {listen}")
             }
             Event::Stopping => write!(f, "tdc-milter stopping"),
+            Event::JournalingGap {
+                last_alive,
+                off_secs,
+            } => write!(
+                f,
+                "TDC: journaling was off for {off_secs} s: the previous instance was last running at {last_alive}; mail received meanwhile was not journaled"
+            ),
             Event::TlsVerifyOff => write!(
                 f,
                 "TDC: certificate verification of the message intake is off (delivery.tls.verify: false)"
@@ -577,7 +591,7 @@ fn write_stderr(message: &str) {
 }
 
 /// `Fri Feb 16 21:19:22 2024`, the appliance's mail log stamp (UTC here).
-fn appliance_timestamp(t: OffsetDateTime) -> String {
+pub(crate) fn appliance_timestamp(t: OffsetDateTime) -> String {
     const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
         "[weekday repr:short] [month repr:short] [day padding:space] [hour]:[minute]:[second] [year]"
     );

@@ -142,6 +142,20 @@ async fn metrics_match_the_counters_and_parse() {
         0.0
     );
     assert_eq!(value(&scrape, "tdc_milter_milter_connections", None), 0.0);
+    // The bounds an alert rule compares with (milter-config/tdc-milter.rules.yml):
+    // the defaults, and the test settings' lifetime.
+    assert_eq!(
+        value(&scrape, "tdc_milter_queue_max_journals", None),
+        100_000.0
+    );
+    assert_eq!(
+        value(&scrape, "tdc_milter_queue_max_bytes", None),
+        2.0 * 1024.0 * 1024.0 * 1024.0
+    );
+    assert_eq!(
+        value(&scrape, "tdc_milter_delivery_lifetime_seconds", None),
+        10.0
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -152,6 +166,20 @@ async fn metrics_match_the_counters_and_parse() {
     ] {
         let at = value(&scrape, name, None);
         assert!((now - 600.0..=now + 1.0).contains(&at), "{name} {at}");
+    }
+
+    // Every metric the shipped alert rules read is one the daemon exports.
+    let rules = include_str!("../milter-config/tdc-milter.rules.yml");
+    let names: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("tdc_milter_"))
+        .collect();
+    assert!(names.len() >= 8, "{names:?}");
+    for name in names {
+        assert!(
+            scrape.samples.iter().any(|s| s.metric == name),
+            "the alert rules read {name}, which /metrics does not have"
+        );
     }
 
     let (head, _) = get(&address, "/other").await;

@@ -262,7 +262,7 @@ async fn disabled_internal_and_unlisted_service_journal_nothing() {
         );
         let skipped: Vec<&String> = lines
             .iter()
-            .filter(|l| l.contains("not journaled"))
+            .filter(|l| l.contains(") not journaled: "))
             .collect();
         // `enabled: false` is one decision: one line until the next reload.
         assert_eq!(

@@ -22,12 +22,14 @@ use super::values::{
 use super::yaml_path::{node_at, Node};
 use super::Level;
 use super::{
-    Connector, ControlSettings, DeliverySettings, HeaderVerdict, IncomingSettings, JournalSettings,
-    MetricsSettings, MilterSettings, Policy, QueueSettings, ResolverSpec, Route, Settings,
-    TlsSettings, TrackingSettings, DEFAULT_POLICY,
+    CheckSettings, Connector, ControlSettings, DeliverySettings, HeaderVerdict, IncomingSettings,
+    JournalSettings, MetricsSettings, MilterSettings, Policy, QueueSettings, ResolverSpec, Route,
+    Settings, TlsSettings, TrackingSettings, DEFAULT_POLICY,
 };
 
 const DEFAULT_LISTEN: &str = "inet:127.0.0.1:8895";
+const DEFAULT_CHECK_WINDOW_SECS: u64 = 15 * 60;
+const DEFAULT_CHECK_QUEUE_WARNING: f64 = 0.5;
 /// Debian's Postfix runs up to `default_process_limit` (100) smtpd processes per
 /// service, each holding one milter connection: ten such services fit.
 const DEFAULT_MILTER_MAX_CONNECTIONS: usize = 1000;
@@ -169,6 +171,7 @@ struct RawSettings {
     control: Option<RawControl>,
     metrics: Option<RawMetrics>,
     tracking: Option<RawTracking>,
+    check: Option<RawCheck>,
     policies: Option<Spanned<Vec<RawPolicy>>>,
     levels: Option<RawLevels>,
 }
@@ -185,6 +188,13 @@ struct RawLevels {
 struct RawTracking {
     max_journals: Option<Spanned<usize>>,
     max_age: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    window: Option<Spanned<String>>,
+    queue_warning: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -630,6 +640,7 @@ impl Loader<'_> {
                 crate::tracking::DEFAULT_MAX_AGE,
             )?,
         };
+        let check = self.check(raw.check.unwrap_or_default())?;
         let (policies, connector_at) = self.policies(raw.policies)?;
 
         if enabled && intake_address.is_none() {
@@ -669,7 +680,39 @@ impl Loader<'_> {
             control,
             metrics,
             tracking,
+            check,
             policies,
+        })
+    }
+
+    fn check(&self, raw: RawCheck) -> Result<CheckSettings, ConfigError> {
+        let window = self.duration(
+            &raw.window,
+            "check.window",
+            std::time::Duration::from_secs(DEFAULT_CHECK_WINDOW_SECS),
+        )?;
+        let queue_warning = match &raw.queue_warning {
+            None => DEFAULT_CHECK_QUEUE_WARNING,
+            Some(v) => {
+                let share = v
+                    .value
+                    .trim()
+                    .strip_suffix('%')
+                    .and_then(|p| p.trim().parse::<f64>().ok())
+                    .filter(|p| (0.0..=100.0).contains(p))
+                    .ok_or_else(|| {
+                        self.bad(
+                            v,
+                            "check.queue_warning",
+                            "expected a percentage from 0% to 100%, like 50%",
+                        )
+                    })?;
+                share / 100.0
+            }
+        };
+        Ok(CheckSettings {
+            window,
+            queue_warning,
         })
     }
 

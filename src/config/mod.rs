@@ -43,6 +43,7 @@ pub struct Settings {
     pub control: ControlSettings,
     pub metrics: MetricsSettings,
     pub tracking: TrackingSettings,
+    pub check: CheckSettings,
     /// Ordered incoming mail policies; the last one is always `DEFAULT`.
     pub policies: Vec<Policy>,
 }
@@ -167,6 +168,16 @@ pub struct TrackingSettings {
     pub max_journals: usize,
     /// Lines of journals queued longer ago than this are dropped.
     pub max_age: Duration,
+}
+
+/// The thresholds of `status --check` (docs/LOGGING.md, "Alerting").
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckSettings {
+    /// How far back a hard bounce, soft bounce or busy connection counts.
+    pub window: Duration,
+    /// WARNING when the queue holds more than this share of queue.max_messages or
+    /// queue.max_bytes (0 to 1).
+    pub queue_warning: f64,
 }
 
 /// The Prometheus endpoint.

@@ -3,7 +3,7 @@
 
 use super::{Connector, Pattern, Route, Settings, SocketSpec};
 
-fn duration(d: std::time::Duration) -> String {
+pub fn duration(d: std::time::Duration) -> String {
     if d.subsec_millis() != 0 {
         format!("{}ms", d.as_millis())
     } else {
@@ -120,6 +120,11 @@ pub fn values(s: &Settings) -> Vec<(String, String)> {
         ),
         ("tracking.max_journals", s.tracking.max_journals.to_string()),
         ("tracking.max_age", duration(s.tracking.max_age)),
+        ("check.window", duration(s.check.window)),
+        (
+            "check.queue_warning",
+            format!("{}%", s.check.queue_warning * 100.0),
+        ),
     ];
     for (i, p) in s.policies.iter().enumerate() {
         let connector = match &p.connector {

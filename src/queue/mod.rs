@@ -219,7 +219,25 @@ pub struct QueueStatus {
     pub oldest_age_secs: Option<u64>,
 }
 
+/// The queue's bounds from the settings, for the metrics: an alert rule compares
+/// the depth and the time since the last delivery with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBounds {
+    pub max_journals: usize,
+    pub max_bytes: u64,
+    pub lifetime: Duration,
+}
+
 impl Queue {
+    pub fn bounds(&self) -> QueueBounds {
+        let limits = &self.shared.limits;
+        QueueBounds {
+            max_journals: limits.max_messages,
+            max_bytes: limits.max_bytes,
+            lifetime: limits.lifetime,
+        }
+    }
+
     pub fn status(&self) -> QueueStatus {
         let state = self.shared.lock();
         let now = now_ms();

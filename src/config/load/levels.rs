@@ -136,4 +136,13 @@ pub(super) fn overlay(
         "tracking",
         [max_journals, max_age]
     );
+    overlay_section!(
+        base.check,
+        over.check,
+        origins,
+        level,
+        file,
+        "check",
+        [window, queue_warning]
+    );
 }

@@ -269,7 +269,7 @@ fn unknown_key_at_top_level() {
         text,
         format!(
             "{FILE}:2:1: unknown key 'colour' in the top level; expected one of enabled, \
-             intake_address, milter, incoming, journal, delivery, queue, control, metrics, tracking, policies, levels"
+             intake_address, milter, incoming, journal, delivery, queue, control, metrics, tracking, check, policies, levels"
         )
     );
 }
