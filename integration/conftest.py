@@ -35,8 +35,14 @@ def running_stack(request, prefix, stack_class=None, **options):
     except stack_module.StackError as e:
         pytest.fail("could not bring up the stack: %s\n%s" % (e, s.diagnostics()), pytrace=False)
     yield s
+    # Every message Postfix passed on got exactly one outcome (docs/LOGGING.md,
+    # "Not journaled"): the daemon's counts add up to the messages of this run.
+    accounting = s.outcome_accounting()
     s.stop_all()
     _stacks.remove(s)
+    if accounting is not None and accounting[0] != accounting[1]:
+        pytest.fail("the daemon counted %d outcomes, Postfix passed on %d messages through it (%s)"
+                    % (accounting[0], accounting[1], base), pytrace=False)
     if request.session.testsfailed or os.environ.get("TDC_KEEP_STACK"):
         print("\nstack files kept in %s" % base)
     else:

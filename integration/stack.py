@@ -550,6 +550,12 @@ class Stack:
 
     def start_milter(self):
         self.check_milter_settings()
+        # Where this run of the daemon begins in the maillog (outcome_accounting).
+        try:
+            self.state["maillog_at_milter_start"] = self.maillog.stat().st_size
+        except OSError:
+            self.state["maillog_at_milter_start"] = 0
+        self.save()
         self.spawn("tdc-milter", [self.milter_bin, "-c", self.settings_file, "run", "--log", "stderr",
                                  "--allow-root"], self.milter_log)
         self.wait_listening(self.ports["milter"], "tdc-milter")
@@ -689,6 +695,38 @@ class Stack:
             if queue_id in sent:
                 found[queue_id] = (trace, received, message)
         return found
+
+    def messages_postfix_passed_on(self):
+        """Queue IDs of the messages that Postfix's smtpd received in full (the queue
+        manager took them) since the daemon's last start: each went through the
+        milter's end of message, unless the milter was down."""
+        try:
+            with open(self.maillog, "rb") as f:
+                f.seek(self.state.get("maillog_at_milter_start", 0))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return set()
+        received = set(re.findall(r"postfix/smtpd\[\d+\]: ([0-9A-Za-z]+): client=", text))
+        queued = set(re.findall(r"postfix/qmgr\[\d+\]: ([0-9A-Za-z]+): from=<", text))
+        return received & queued
+
+    def outcome_accounting(self):
+        """(outcomes the daemon counted, messages Postfix passed on) since the
+        daemon's last start, or None when the daemon is not running or Postfix could
+        not reach it (the maillog says so): the two must be equal."""
+        if not self.alive("tdc-milter") or not self.postfix_running():
+            return None
+        try:
+            out = run([self.milter_bin, "-c", self.settings_file, "status", "--json"])
+        except StackError:
+            return None
+        counted = sum(json.loads(out)["messages"].values())
+        with open(self.maillog, "rb") as f:
+            f.seek(self.state.get("maillog_at_milter_start", 0))
+            since_start = f.read().decode(errors="replace")
+        if re.search(r"warning: .*Milter service inet:127\.0\.0\.1:%d" % self.ports["milter"], since_start):
+            return None
+        return counted, len(self.messages_postfix_passed_on())
 
     def journals(self):
         """Journals stored by the TLS sink: [(n, envelope dict, raw bytes)], in order."""

@@ -12,6 +12,12 @@ never silent (docs/LOGGING.md, "Not journaled").
   milter.max_connections with every message journaled; at max_connections 20 no
   session waits for the milter, and each message is journaled or logged and
   counted as milter busy.
+* Alerting and gaps: `status --check` says OK, then WARNING and CRITICAL while the
+  intake is down, UNKNOWN while the daemon is stopped; the next start logs how long
+  journaling was off.
+
+Every stack of these tests (conftest.running_stack) also checks, when it stops,
+that the daemon's outcome counts add up to the messages Postfix passed on.
 
 Run as root: /usr/bin/python3 -m pytest integration -q
 """
@@ -351,3 +357,74 @@ def test_past_max_connections_mail_flows_and_is_counted_as_busy(load_stack):
     assert longest < 10, longest
     print("\n130 sessions at max_connections 20: %d journaled, %d milter busy, longest greeting wait %.2f s"
           % (journaled, busy, longest))
+
+
+# ------------------------------------------------------------- alerting, gaps
+
+
+class CheckStack(CoverageStack):
+    """Short retries and lifetime, so that a journal to an intake that is down is
+    given up within the test."""
+    settings_extra = {"delivery": "  lifetime: 6s\n  retry_delay: 1s\n"}
+
+
+@pytest.fixture(scope="module")
+def check_stack(request):
+    yield from running_stack(request, "tdc-milter-check-", stack_class=CheckStack)
+
+
+def status_check(s):
+    """(exit code, line) of `tdc-milter status --check`."""
+    done = subprocess.run([str(s.milter_bin), "-c", str(s.settings_file), "status", "--check"],
+                          capture_output=True, text=True, timeout=30)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1, (done.returncode, done.stdout, done.stderr)
+    return done.returncode, lines[0]
+
+
+def test_status_check_follows_the_intake_and_the_daemon_and_a_gap_is_logged(check_stack):
+    s = check_stack
+    # Healthy: a message journaled and delivered.
+    s.send("sender@example.net", ["alice@example.com"], message("check-ok"))
+    st.poll(lambda: journal_of(s, "check-ok"), WAIT, what="the journal of check-ok")
+    code, line = st.poll(lambda: (lambda r: r if r[0] == 0 else None)(status_check(s)), 30,
+                         what="status --check OK")
+    assert line.startswith("TDC OK - "), line
+    assert " | queue=0;" in line, line
+
+    # The intake down: the first failed attempt is a soft bounce (WARNING); the
+    # journal given up after its retry, a hard bounce (CRITICAL).
+    s.stop_process("tls-sink")
+    try:
+        s.send("sender@example.net", ["alice@example.com"], message("check-down"))
+        code, line = st.poll(lambda: (lambda r: r if r[0] != 0 else None)(status_check(s)), WAIT,
+                             what="status --check to leave OK")
+        assert code == 1 and line.startswith("TDC WARNING - soft bounces in the last 15m"), (code, line)
+        code, line = st.poll(lambda: (lambda r: r if r[0] == 2 else None)(status_check(s)), WAIT,
+                             what="status --check CRITICAL")
+        assert line.startswith("TDC CRITICAL - journals hard bounced or expired in the last 15m"), line
+        assert "(1 since start, " in line, line
+    finally:
+        s.start_intake_sink()
+
+    # The daemon stopped: mail flows without it, and the check cannot know more.
+    s.stop_milter()
+    stopped_at = time.monotonic()
+    try:
+        code, line = status_check(s)
+        assert code == 3 and line.startswith("TDC UNKNOWN - daemon not reachable"), (code, line)
+        s.send("sender@example.net", ["alice@example.com"], message("check-gap"))
+        relayed(s, "check-gap")
+        time.sleep(2)
+    finally:
+        s.start_milter()
+    off = time.monotonic() - stopped_at
+    gap = st.poll(lambda: [l for l in s.milter_log_text().splitlines() if "journaling was off for" in l], 30,
+                  what="the gap line")
+    assert len(gap) == 1, gap
+    m = re.search(r"Warning: TDC: journaling was off for (\d+) s: the previous instance was last running at "
+                  r"\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}; mail received meanwhile was not journaled$", gap[0])
+    assert m, gap[0]
+    # A clean stop records its last moment: the gap is the time it was stopped.
+    assert off - 2 <= int(m.group(1)) <= off + 2, (gap[0], off)
+    assert journal_of(s, "check-gap") == []

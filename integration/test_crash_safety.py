@@ -130,11 +130,11 @@ def small_spool_stack(request):
 def fill(path):
     """Fills the file system of `path` with one file; returns it."""
     filler = path / "filler"
-    with open(filler, "wb") as f:
+    # Unbuffered: a buffered file would try the write that failed again at close.
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
     return filler

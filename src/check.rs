@@ -54,7 +54,7 @@ pub fn evaluate(status: &Status, limits: &Limits, now: u64) -> (Level, String) {
     let a = &status.activity;
     let window = limits.window.as_secs();
     let recent = |at: u64| at != 0 && now.saturating_sub(at) <= window;
-    let window_text = crate::config::show::duration(limits.window);
+    let window_text = in_largest_unit(limits.window);
     let mut critical = Vec::new();
     let mut warning = Vec::new();
     let c = &status.counters;
@@ -130,6 +130,17 @@ pub fn evaluate(status: &Status, limits: &Limits, now: u64) -> (Level, String) {
     )
 }
 
+/// `15m` rather than `900s`: the window as an administrator writes it.
+fn in_largest_unit(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => crate::config::show::duration(d),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        _ => crate::config::show::duration(d),
+    }
+}
+
 /// The line when there is no status to judge.
 pub fn unknown(why: &str) -> String {
     format!("TDC {} - {why}", Level::Unknown.word())
@@ -200,7 +211,7 @@ mod tests {
         s.activity.last_busy_at = NOW - 1;
         let (level, line) = evaluate(&s, &limits(), NOW);
         assert_eq!(level, Level::Warning);
-        assert!(line.contains("milter busy in the last 900s"), "{line}");
+        assert!(line.contains("milter busy in the last 15m:"), "{line}");
 
         let mut s = healthy();
         s.queue.journals = 51;
