@@ -1,0 +1,1 @@
+// Empty: the fixture exists for its Cargo.lock.
