@@ -118,8 +118,8 @@ fn build_envelope_report(envelope: &Envelope<'_>, original: &Original<'_>) -> Jo
     // Added headers end with CRLF and a boundary has neither: no match can straddle
     // the two parts of the original.
     let boundary = boundary_for(
-        envelope.message_id,
         &[original.added_headers, original.bytes, &report_body],
+        &mut os_random,
     );
     let attachment_cte = if original.added_headers.is_ascii() && original.bytes.is_ascii() {
         "7bit"
@@ -246,20 +246,42 @@ fn quoted_printable_lines(text: &str) -> Vec<u8> {
     out
 }
 
-/// A boundary that occurs in none of the parts (RFC 2046 §5.1.1).
-fn boundary_for(seed: &str, parts: &[&[u8]]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in seed.bytes() {
-        hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+/// How every boundary of ours begins.
+const BOUNDARY_PREFIX: &str = "----=_TDC_";
+/// Random boundaries tried before the counted fallback.
+const RANDOM_BOUNDARY_ATTEMPTS: u32 = 16;
+
+/// A boundary that occurs in none of the parts (RFC 2046 §5.1.1): 128 random bits
+/// from the operating system, so that a sender cannot write the boundary of its own
+/// journal into the original in advance and make the search for a free one long. The
+/// search is capped: each try scans the whole original. Only if the random source
+/// fails, or keeps giving boundaries that occur (which it cannot, by chance), does a
+/// counted search take over; it ends, since the parts are finite.
+fn boundary_for(parts: &[&[u8]], random: &mut dyn FnMut() -> Option<u128>) -> String {
+    let free = |candidate: &str| !parts.iter().any(|p| contains(p, candidate.as_bytes()));
+    for _ in 0..RANDOM_BOUNDARY_ATTEMPTS {
+        let Some(bits) = random() else {
+            break;
+        };
+        let candidate = format!("{BOUNDARY_PREFIX}{bits:032x}");
+        if free(&candidate) {
+            return candidate;
+        }
     }
-    let mut attempt: u32 = 0;
+    let mut attempt: u64 = 0;
     loop {
-        let candidate = format!("----=_TDC_{hash:016x}_{attempt}");
-        if !parts.iter().any(|p| contains(p, candidate.as_bytes())) {
+        let candidate = format!("{BOUNDARY_PREFIX}n{attempt}");
+        if free(&candidate) {
             return candidate;
         }
         attempt += 1;
     }
+}
+
+fn os_random() -> Option<u128> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(u128::from_le_bytes(bytes))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -364,7 +386,10 @@ mod tests {
         let joined = build_plain(ORIGINAL, Some(b" hello"), &rcpts);
         let split = build_with_added(ip_line, rest, Some(b" hello"), &rcpts);
         assert_eq!(ip_line, b"X-IronPort-RemoteIP: 192.0.2.7\r\n");
-        assert_eq!(split.bytes, joined.bytes);
+        // Byte for byte, once each has the same (random) boundary.
+        let same_boundary = String::from_utf8_lossy(&split.bytes)
+            .replace(&boundary_of(&split), &boundary_of(&joined));
+        assert_eq!(same_boundary.as_bytes(), joined.bytes.as_slice());
         assert_eq!(split.eight_bit, joined.eight_bit);
     }
 
@@ -372,7 +397,7 @@ mod tests {
     fn layout_is_byte_exact() {
         let rcpts = recipients(&["b@example.com", "c@example.com"]);
         let j = build_plain(ORIGINAL, Some(b" hello\r\n there"), &rcpts);
-        let b = boundary_for("<1.1.tdc@gw.example.org>", &[]);
+        let b = boundary_of(&j);
         let expected = format!(
             "From: <tdc@gw.example.org>\r\nTo: <5f1c2e@intake.example.net>\r\nSubject: hello\r\n there\r\nDate: Wed, 18 Nov 2026 11:06:40 +0000\r\nMessage-ID: <1.1.tdc@gw.example.org>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"{b}\"\r\nX-MS-Journal-Report:\r\n\r\n--{b}\r\nContent-Type: text/plain; charset=\"utf-8\"\r\nContent-Transfer-Encoding: 7bit\r\n\r\nSender: a@example.org\r\nSubject: hello there\r\nMessage-Id: <m1@example.org>\r\nRecipient: b@example.com\r\nRecipient: c@example.com\r\n\r\n--{b}\r\nContent-Type: message/rfc822\r\nContent-Disposition: attachment\r\nContent-Transfer-Encoding: 7bit\r\n\r\n{}\r\n--{b}--\r\n",
             String::from_utf8_lossy(ORIGINAL)
@@ -457,15 +482,59 @@ mod tests {
         assert_eq!(text.matches("\r\nRecipient:").count(), 1);
     }
 
+    /// The boundary a journal declares, checked to have the random form.
+    fn boundary_of(j: &Journal) -> String {
+        let text = String::from_utf8_lossy(&j.bytes);
+        let b = text
+            .split("boundary=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a boundary")
+            .to_string();
+        let bits = b.strip_prefix(BOUNDARY_PREFIX).expect("our prefix");
+        assert!(
+            bits.len() == 32 && bits.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{b}"
+        );
+        b
+    }
+
     #[test]
-    fn boundary_never_occurs_in_the_original() {
-        let first = boundary_for("<1.1.tdc@gw.example.org>", &[]);
-        let hostile = format!("X-IronPort-RemoteIP: 192.0.2.7\r\n\r\n--{first}--\r\n");
+    fn boundaries_are_random() {
+        let rcpts = recipients(&["b@example.com"]);
+        let first = boundary_of(&build_plain(ORIGINAL, None, &rcpts));
+        let second = boundary_of(&build_plain(ORIGINAL, None, &rcpts));
+        assert_ne!(
+            first, second,
+            "the same message, the same time, another boundary"
+        );
+    }
+
+    #[test]
+    fn boundary_never_occurs_in_the_parts() {
+        let taken = format!("{BOUNDARY_PREFIX}{:032x}", 7u128);
+        let hostile = format!("X-IronPort-RemoteIP: 192.0.2.7\r\n\r\n--{taken}--\r\n");
+        let mut script = [7u128, 7, 9].into_iter();
+        let chosen = boundary_for(&[hostile.as_bytes()], &mut || script.next());
+        assert_eq!(chosen, format!("{BOUNDARY_PREFIX}{:032x}", 9u128));
+
+        // A random source that fails, or that keeps repeating a boundary that occurs:
+        // the counted search, after a bounded number of tries.
+        let mut calls = 0;
+        let stuck = boundary_for(&[hostile.as_bytes()], &mut || {
+            calls += 1;
+            Some(7)
+        });
+        assert_eq!(calls, RANDOM_BOUNDARY_ATTEMPTS);
+        assert_eq!(stuck, format!("{BOUNDARY_PREFIX}n0"));
+        let counted = format!("--{BOUNDARY_PREFIX}n0\r\n--{BOUNDARY_PREFIX}n1\r\n");
+        let chosen = boundary_for(&[counted.as_bytes()], &mut || None);
+        assert_eq!(chosen, format!("{BOUNDARY_PREFIX}n2"));
+
+        // And through build: the attachment keeps the hostile original intact.
         let rcpts = recipients(&["b@example.com"]);
         let j = build_plain(hostile.as_bytes(), None, &rcpts);
-        let chosen = boundary_for("<1.1.tdc@gw.example.org>", &[hostile.as_bytes()]);
-        assert_ne!(first, chosen);
-        assert!(String::from_utf8_lossy(&j.bytes).contains(&format!("boundary=\"{chosen}\"")));
+        assert_ne!(boundary_of(&j), taken);
         let msg = mail_parser::MessageParser::default()
             .parse(&j.bytes)
             .expect("parses");

@@ -279,14 +279,45 @@ impl Harness {
 // Checks
 // ---------------------------------------------------------------------------------
 
-/// Every log line is one line, with no control character, and starts with a severity
-/// word: a value from a message cannot add or forge a line.
+/// UTF-8 of what must never reach syslog raw, listed here independently of the
+/// sanitizer: C1 controls (U+0080..U+009F: C2 80..C2 9F, checked below), the line and
+/// paragraph separators, and the bidi marks, embeddings, overrides and isolates.
+const FORBIDDEN_SEQUENCES: &[&[u8]] = &[
+    b"\xE2\x80\xA8", // U+2028
+    b"\xE2\x80\xA9", // U+2029
+    b"\xD8\x9C",     // U+061C
+    b"\xE2\x80\x8E", // U+200E
+    b"\xE2\x80\x8F", // U+200F
+    b"\xE2\x80\xAA", // U+202A
+    b"\xE2\x80\xAB", // U+202B
+    b"\xE2\x80\xAC", // U+202C
+    b"\xE2\x80\xAD", // U+202D
+    b"\xE2\x80\xAE", // U+202E
+    b"\xE2\x81\xA6", // U+2066
+    b"\xE2\x81\xA7", // U+2067
+    b"\xE2\x81\xA8", // U+2068
+    b"\xE2\x81\xA9", // U+2069
+];
+
+/// Every log line is one line, and starts with a severity word: a value from a message
+/// cannot add or forge a line. Checked on the bytes syslog would receive: no byte below
+/// 0x20, no DEL, no C1 control, none of [`FORBIDDEN_SEQUENCES`].
 fn assert_log_is_clean(lines: &[String]) {
     for line in lines {
+        let bytes = line.as_bytes();
         assert!(
-            !line.chars().any(char::is_control),
-            "control character in a log line: {line:?}"
+            !bytes.iter().any(|&b| b < 0x20 || b == 0x7F),
+            "control byte in a log line: {line:?}"
         );
+        assert!(
+            !bytes
+                .windows(2)
+                .any(|w| w[0] == 0xC2 && (0x80..=0x9F).contains(&w[1])),
+            "C1 control in a log line: {line:?}"
+        );
+        for seq in FORBIDDEN_SEQUENCES {
+            assert_eq!(count(bytes, seq), 0, "{seq:X?} in a log line: {line:?}");
+        }
         assert!(
             ["Info: ", "Warning: ", "Critical: ", "Debug: "]
                 .iter()
@@ -719,6 +750,23 @@ async fn message_id_with_bare_lf_and_control_bytes() {
         default_report("", "<a [31m   b@x>   X-Evil: 1"),
         &original,
         "<a\\x1B[31m\\x07\\x7F\\x09b@x>\\x0D\\x0A X-Evil: 1",
+    )
+    .await;
+}
+
+/// Expected: journaled; the Unicode line separator and bidi controls in the Message-ID
+/// (which a log viewer may break a line at, or show reordered) are escaped in the log
+/// line; the report and the original carry them.
+#[tokio::test]
+async fn message_id_with_unicode_line_separator_and_bidi_controls() {
+    let id = "<a\u{2028}Info: x\u{202E}gpj.exe\u{2066}b\u{0085}@x>";
+    let m = Raw::new("QIDUNI").header("Message-ID", id);
+    let original = m.expected_original();
+    journaled_once(
+        m,
+        default_report("", "<a\u{2028}Info: x\u{202E}gpj.exe\u{2066}b @x>"),
+        &original,
+        "<a\\xE2\\x80\\xA8Info: x\\xE2\\x80\\xAEgpj.exe\\xE2\\x81\\xA6b\\xC2\\x85@x>",
     )
     .await;
 }
@@ -1456,6 +1504,52 @@ async fn bare_lf_body() {
     .await;
 }
 
+/// Expected: journaled once; a bare CR in the body becomes CRLF, so that the
+/// original cannot end the journal's data early on an intake that takes `<CR>.<CR>`
+/// for its end (SMTP smuggling) and start a transaction of its own in the gateway's
+/// session: the line that was `.` between two CRs is dot-stuffed, no bare CR or LF
+/// reaches the intake (the fake intake refuses either), and exactly one message
+/// arrives. Also when a chunk ends with a CR whose LF never comes.
+#[tokio::test]
+async fn bare_cr_body_cannot_smuggle_a_second_message() {
+    let smuggled = b"one\r.\rMAIL FROM:<evil@attacker.example>\rRCPT TO:<victim@example.com>\rDATA\rinjected\r.\r";
+    let mut body = smuggled.to_vec();
+    while body.len() < 65_534 - 100 {
+        body.extend_from_slice(&[b'x'; 98]);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.resize(65_534, b'x');
+    // The first chunk (65,535 bytes) ends with this CR; the second starts with 'e'.
+    body.extend_from_slice(b"\rend\r");
+    let m = Raw::new("QBARECR")
+        .header("Message-ID", "<barecr@sender.example>")
+        .body(body.clone());
+    let mut original =
+        format!("X-IronPort-RemoteIP: {CLIENT_IP}\r\nMessage-ID: <barecr@sender.example>\r\n\r\n")
+            .into_bytes();
+    original.extend_from_slice(&cr_to_crlf(&body));
+    assert_eq!(original.len(), m.expected_original().len() + 9);
+    journaled_once(
+        m,
+        default_report("", "<barecr@sender.example>"),
+        &original,
+        "<barecr@sender.example>",
+    )
+    .await;
+}
+
+/// Each CR not followed by LF made CRLF (the test's own reading of the rule).
+fn cr_to_crlf(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    for (i, &b) in value.iter().enumerate() {
+        out.push(b);
+        if b == b'\r' && value.get(i + 1) != Some(&b'\n') {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
 /// Expected: journaled; NUL bytes in the body are carried byte for byte. A header value
 /// (or an envelope address) cannot hold a NUL: the milter protocol sends them as
 /// NUL-terminated strings, so no MTA can pass one.
@@ -1556,49 +1650,48 @@ async fn dot_and_double_dot_lines() {
     .await;
 }
 
-/// FNV-1a of the journal's Message-ID: how src/journal.rs seeds its boundary.
-fn boundary_hash(seed: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in seed.bytes() {
-        hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
-/// Expected: journaled; the body holds, as closing delimiters, the first boundary the
-/// journal would pick for every millisecond of the next 10 s: the journal picks another
-/// one, still parses, and the original is intact.
+/// Expected: journaled; the body holds, as closing delimiters, lines of the form of
+/// our boundaries (the counted fallback's names, and random-looking ones): the journal
+/// takes a boundary of 128 random bits that none of them is, it still parses, and the
+/// original is intact. Sent twice, the same message gets two different boundaries, so
+/// a sender cannot write its journal's boundary in advance.
 #[tokio::test]
 async fn body_containing_our_mime_boundary() {
-    let start = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis();
     let mut body = Vec::new();
-    for ms in start..start + 10_000 {
-        let id = format!("<{ms}.1.tdc@gw.test>");
-        body.extend_from_slice(
-            format!("------=_TDC_{:016x}_0--\r\n", boundary_hash(&id)).as_bytes(),
-        );
+    for n in 0..1000u32 {
+        body.extend_from_slice(format!("------=_TDC_n{n}--\r\n").as_bytes());
+        body.extend_from_slice(format!("------=_TDC_{:032x}--\r\n", u128::from(n)).as_bytes());
     }
-    let m = Raw::new("QBOUND")
-        .header("Message-ID", "<bound@sender.example>")
-        .body(body);
+    let message = |queue_id| {
+        Raw::new(queue_id)
+            .header("Message-ID", "<bound@sender.example>")
+            .body(body.clone())
+    };
+    let m = message("QBOUND");
     let original = m.expected_original();
-    let j = journaled_once(
-        m,
-        default_report("", "<bound@sender.example>"),
-        &original,
-        "<bound@sender.example>",
-    )
-    .await;
-    let id = String::from_utf8_lossy(j.header("Message-ID"))
-        .trim()
-        .to_string();
-    assert_eq!(
-        j.boundary,
-        format!("----=_TDC_{:016x}_1", boundary_hash(&id))
+    let h = Harness::start().await;
+    h.send(&m).await;
+    h.send(&message("QBOUND2")).await;
+    let received = h.journals(2).await;
+    let report = default_report("", "<bound@sender.example>");
+    let first = check_journal(&received[0], GLOBAL, &report, &original);
+    let second = check_journal(
+        &received[1],
+        GLOBAL,
+        &report,
+        &message("QBOUND2").expected_original(),
     );
+    h.finish(2).await;
+    for j in [&first, &second] {
+        let bits = j.boundary.strip_prefix("----=_TDC_").expect("our prefix");
+        assert!(
+            bits.len() == 32 && bits.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{}",
+            j.boundary
+        );
+        assert_eq!(count(&body, j.boundary.as_bytes()), 0);
+    }
+    assert_ne!(first.boundary, second.boundary);
 }
 
 /// Expected: not journaled: a body beyond journal.max_size (50 MiB by default) gets the

@@ -574,7 +574,11 @@ impl Session {
 }
 
 /// RFC 5321 §4.5.2 transparency: a line starting with "." gets another; the message is
-/// terminated with CRLF.CRLF (adding the CRLF when the message does not end with one).
+/// terminated with CRLF.CRLF (adding the CRLF when the message does not end with a line
+/// break). Every line break goes out as CRLF: a bare CR or a bare LF (which the milter
+/// already replaces in the original, but a journal spooled by an older version may
+/// hold) becomes CRLF, and the line after it is dot-stuffed like any other, so that
+/// `<CR>.<CR>` can never reach the intake (docs/SECURITY.md, "SMTP smuggling").
 /// Lines over 998 octets are broken with CRLF and a space (see below).
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
@@ -582,15 +586,18 @@ pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     // Line by line, found with memchr: a byte-at-a-time loop was the daemon's biggest
     // cost on large journals (`perf`, docs/BENCHMARKS.md).
     while !rest.is_empty() {
-        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |p| p + 1);
-        let (line, tail) = rest.split_at(end);
-        rest = tail;
-        let ending = if line.ends_with(b"\r\n") {
-            2
-        } else {
-            usize::from(line.ends_with(b"\n"))
+        let (text, tail, line_break) = match memchr::memchr2(b'\r', b'\n', rest) {
+            Some(p) => {
+                let len = if rest[p] == b'\r' && rest.get(p + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                (&rest[..p], &rest[p + len..], true)
+            }
+            None => (rest, &rest[rest.len()..], false),
         };
-        let (text, ending) = line.split_at(line.len() - ending);
+        rest = tail;
         if text.first() == Some(&b'.') {
             out.push(b'.');
         }
@@ -605,9 +612,11 @@ pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
             out.extend_from_slice(piece);
             more = after;
         }
-        out.extend_from_slice(ending);
+        if line_break {
+            out.extend_from_slice(b"\r\n");
+        }
     }
-    if !message.ends_with(b"\r\n") {
+    if !matches!(message.last(), Some(b'\r' | b'\n')) {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
@@ -636,6 +645,16 @@ mod tests {
     }
 
     #[test]
+    fn bare_cr_and_lf_go_out_as_crlf_and_cannot_end_the_data() {
+        assert_eq!(
+            dot_stuff(b"a\r.\rMAIL FROM:<e@v>\n.\n\r\r\nb"),
+            b"a\r\n..\r\nMAIL FROM:<e@v>\r\n..\r\n\r\n\r\nb\r\n.\r\n"
+        );
+        assert_eq!(dot_stuff(b"x\r"), b"x\r\n.\r\n");
+        assert_eq!(dot_stuff(b"x\n"), b"x\r\n.\r\n");
+    }
+
+    #[test]
     fn lines_longer_than_998_octets_are_broken_like_postfix_does() {
         let mut line = vec![b'x'; 998];
         line.extend_from_slice(b"\r\n");
@@ -660,6 +679,26 @@ mod tests {
     /// start) is doubled, and a line is broken with CRLF + space before a byte that
     /// would be its 999th octet (CR of CRLF and LF do not count).
     fn dot_stuff_by_byte(message: &[u8]) -> Vec<u8> {
+        // Every line break as CRLF first: CRLF stays, a lone CR or LF becomes CRLF.
+        let mut crlf = Vec::new();
+        let mut i = 0;
+        while i < message.len() {
+            match message[i] {
+                b'\r' if message.get(i + 1) == Some(&b'\n') => {
+                    crlf.extend_from_slice(b"\r\n");
+                    i += 2;
+                }
+                b'\r' | b'\n' => {
+                    crlf.extend_from_slice(b"\r\n");
+                    i += 1;
+                }
+                b => {
+                    crlf.push(b);
+                    i += 1;
+                }
+            }
+        }
+        let message = crlf.as_slice();
         let mut out = Vec::new();
         let mut line_start = true;
         let mut length = 0usize;

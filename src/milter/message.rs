@@ -131,8 +131,12 @@ impl Message {
         self.append(2, max, |buf| buf.put_slice(b"\r\n"));
     }
 
-    /// Adds a body chunk. A bare LF (an MTA passes CRLF line ends; a broken one may
-    /// not) becomes CRLF: SMTP forbids bare LF (RFC 5321 §2.3.8), and intakes refuse it.
+    /// Adds a body chunk. A bare LF or a bare CR (an MTA passes CRLF line ends; a
+    /// broken one, or a hostile sender past a lenient one, may not) becomes CRLF: SMTP
+    /// forbids both (RFC 5321 §2.3.8), an intake refuses them, and one that took
+    /// `<CR>.<CR>` for the end of the data would let the original smuggle a second
+    /// message into the journal's session (docs/SECURITY.md). A CR that ends a chunk
+    /// is completed by the next chunk, or by [`Message::end_of_body`].
     pub fn add_body(&mut self, chunk: &[u8]) {
         let max = self.journal_settings().max_size;
         let chunk = crlf_body(chunk, self.body_ends_with_cr);
@@ -140,6 +144,14 @@ impl Message {
             self.body_ends_with_cr = last == b'\r';
         }
         self.append(chunk.len(), max, |buf| buf.put_slice(&chunk));
+    }
+
+    /// The body is complete: a CR that ended it gets its LF.
+    pub fn end_of_body(&mut self) {
+        if std::mem::take(&mut self.body_ends_with_cr) {
+            let max = self.journal_settings().max_size;
+            self.append(1, max, |buf| buf.put_u8(b'\n'));
+        }
     }
 
     /// Appends unless the original has grown past the journal size limit; past it, only
@@ -180,26 +192,42 @@ fn folded_value(value: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A body chunk with each bare LF made CRLF; `after_cr` says the previous chunk ended
-/// with CR. Borrows the chunk when there is nothing to change (the usual case).
+/// A body chunk with each bare LF and each bare CR made CRLF; `after_cr` says the
+/// previous chunk ended with CR, whose LF is then either this chunk's first byte or
+/// added before it. A CR at the end of this chunk is left for the next one. Borrows
+/// the chunk when there is nothing to change (the usual case).
 fn crlf_body(chunk: &[u8], after_cr: bool) -> std::borrow::Cow<'_, [u8]> {
-    let bare = |i: usize| {
-        chunk[i] == b'\n'
-            && if i == 0 {
+    let Some(&first) = chunk.first() else {
+        return std::borrow::Cow::Borrowed(chunk);
+    };
+    let completes_cr = after_cr && first != b'\n';
+    let bare = |i: usize| match chunk[i] {
+        b'\n' => {
+            if i == 0 {
                 !after_cr
             } else {
                 chunk[i - 1] != b'\r'
             }
+        }
+        // A CR at the very end may still be followed by the next chunk's LF.
+        _ => chunk.get(i + 1).is_some_and(|&next| next != b'\n'),
     };
-    if !memchr::memchr_iter(b'\n', chunk).any(bare) {
+    if !completes_cr && !memchr::memchr2_iter(b'\r', b'\n', chunk).any(bare) {
         return std::borrow::Cow::Borrowed(chunk);
     }
-    let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 32 + 1);
+    let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 32 + 2);
+    if completes_cr {
+        out.push(b'\n');
+    }
     for (i, &b) in chunk.iter().enumerate() {
-        if bare(i) {
+        let fix = matches!(b, b'\r' | b'\n') && bare(i);
+        if fix && b == b'\n' {
             out.push(b'\r');
         }
         out.push(b);
+        if fix && b == b'\r' {
+            out.push(b'\n');
+        }
     }
     std::borrow::Cow::Owned(out)
 }
@@ -294,8 +322,37 @@ mod tests {
         m.add_body(b"a\nb\r");
         m.add_body(b"\nc\n");
         m.add_body(b"\nd\r\n\0\re");
-        assert_eq!(m.original(), b"\r\na\r\nb\r\nc\r\n\r\nd\r\n\0\re");
+        m.end_of_body();
+        assert_eq!(m.original(), b"\r\na\r\nb\r\nc\r\n\r\nd\r\n\0\r\ne");
         assert_eq!(m.size(), m.original().len() as u64);
+    }
+
+    #[test]
+    fn bare_cr_in_the_body_becomes_crlf_across_chunks_and_at_the_end() {
+        let s = settings(1 << 20);
+        let mut m = Message::new("<a@b>".into(), s.clone());
+        m.end_of_headers();
+        // <CR>.<CR>: what an intake that is lenient about line ends might take for
+        // the end of the data.
+        m.add_body(b"x\r.\rMAIL FROM:<e@v>\r\r\n");
+        m.add_body(b"y\r");
+        m.add_body(b"z\r");
+        m.add_body(b"");
+        m.add_body(b"\r");
+        m.end_of_body();
+        assert_eq!(
+            m.original(),
+            b"\r\nx\r\n.\r\nMAIL FROM:<e@v>\r\n\r\ny\r\nz\r\n\r\n"
+        );
+        assert_eq!(m.size(), m.original().len() as u64);
+        let journal = m.original();
+        for (i, &b) in journal.iter().enumerate() {
+            match b {
+                b'\r' => assert_eq!(journal.get(i + 1), Some(&b'\n'), "bare CR at {i}"),
+                b'\n' => assert_eq!(journal[i - 1], b'\r', "bare LF at {i}"),
+                _ => {}
+            }
+        }
     }
 
     #[test]

@@ -256,9 +256,10 @@ async fn end_of_message_inner(shared: &Shared, cx: &mut EomContext<Connection>) 
     let Some(conn) = cx.data.as_mut() else {
         return Status::Accept;
     };
-    let Some(msg) = conn.message.take() else {
+    let Some(mut msg) = conn.message.take() else {
         return Status::Accept;
     };
+    msg.end_of_body();
     let context = MessageContext {
         queue_id: &queue_id,
         authenticated,

@@ -528,8 +528,8 @@ impl Session<'_> {
         Some(String::from_utf8_lossy(&buf).into_owned())
     }
 
-    /// The message up to the final dot, with dot-stuffing undone. A bare LF is a
-    /// protocol error (RFC 5321 §2.3.8).
+    /// The message up to the final dot, with dot-stuffing undone. A bare LF or a bare
+    /// CR is a protocol error (RFC 5321 §2.3.8).
     async fn read_data<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         io: &mut BufReader<S>,
@@ -543,6 +543,11 @@ impl Session<'_> {
             }
             if !line.ends_with(b"\r\n") || line[..line.len() - 2].contains(&b'\n') {
                 self.protocol_error("bare LF or missing CRLF in DATA");
+            }
+            // What an intake lenient about line ends might take for the end of the
+            // data (`<CR>.<CR>`, SMTP smuggling): no bare CR may reach it.
+            if line[..line.len().saturating_sub(2)].contains(&b'\r') {
+                self.protocol_error("bare CR in DATA");
             }
             if line == b".\r\n" {
                 return Some(data);
