@@ -1479,21 +1479,12 @@ async fn body_without_final_crlf() {
 /// chunk ends between CR and LF; everything else is unchanged.
 #[tokio::test]
 async fn bare_lf_body() {
-    let mut body = b"one\ntwo\r\n.\nthree\n\n".to_vec();
-    while body.len() < 65_534 - 100 {
-        body.extend_from_slice(&[b'x'; 98]);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.resize(65_534, b'x');
-    // Chunks are 65,535 bytes: the first ends with this CR, the second starts with LF.
-    body.extend_from_slice(b"\r\nend\n");
+    // The first chunk ends with the CR of the tail's CRLF, the second starts with LF.
+    let body = across_chunks(b"one\ntwo\r\n.\nthree\n\n", b"\r\nend\n");
     let m = Raw::new("QBARELF")
         .header("Message-ID", "<barelf@sender.example>")
         .body(body.clone());
-    let mut original =
-        format!("X-IronPort-RemoteIP: {CLIENT_IP}\r\nMessage-ID: <barelf@sender.example>\r\n\r\n")
-            .into_bytes();
-    original.extend_from_slice(&lf_to_crlf(&body));
+    let original = with_message_id_header("<barelf@sender.example>", &lf_to_crlf(&body));
     assert_eq!(original.len(), m.expected_original().len() + 5);
     journaled_once(
         m,
@@ -1513,21 +1504,12 @@ async fn bare_lf_body() {
 #[tokio::test]
 async fn bare_cr_body_cannot_smuggle_a_second_message() {
     let smuggled = b"one\r.\rMAIL FROM:<evil@attacker.example>\rRCPT TO:<victim@example.com>\rDATA\rinjected\r.\r";
-    let mut body = smuggled.to_vec();
-    while body.len() < 65_534 - 100 {
-        body.extend_from_slice(&[b'x'; 98]);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.resize(65_534, b'x');
-    // The first chunk (65,535 bytes) ends with this CR; the second starts with 'e'.
-    body.extend_from_slice(b"\rend\r");
+    // The first chunk ends with the tail's first CR; the second starts with 'e'.
+    let body = across_chunks(smuggled, b"\rend\r");
     let m = Raw::new("QBARECR")
         .header("Message-ID", "<barecr@sender.example>")
         .body(body.clone());
-    let mut original =
-        format!("X-IronPort-RemoteIP: {CLIENT_IP}\r\nMessage-ID: <barecr@sender.example>\r\n\r\n")
-            .into_bytes();
-    original.extend_from_slice(&cr_to_crlf(&body));
+    let original = with_message_id_header("<barecr@sender.example>", &cr_to_crlf(&body));
     assert_eq!(original.len(), m.expected_original().len() + 9);
     journaled_once(
         m,
@@ -1536,6 +1518,28 @@ async fn bare_cr_body_cannot_smuggle_a_second_message() {
         "<barecr@sender.example>",
     )
     .await;
+}
+
+/// `head`, filler lines up to 65,534 bytes, then `tail`: the milter protocol's first
+/// body chunk (65,535 bytes) ends with the tail's first byte.
+fn across_chunks(head: &[u8], tail: &[u8]) -> Vec<u8> {
+    let mut body = head.to_vec();
+    while body.len() < 65_534 - 100 {
+        body.extend_from_slice(&[b'x'; 98]);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.resize(65_534, b'x');
+    body.extend_from_slice(tail);
+    body
+}
+
+/// The attached original of a message with only a Message-ID header and `body`.
+fn with_message_id_header(message_id: &str, body: &[u8]) -> Vec<u8> {
+    let mut original =
+        format!("X-IronPort-RemoteIP: {CLIENT_IP}\r\nMessage-ID: {message_id}\r\n\r\n")
+            .into_bytes();
+    original.extend_from_slice(body);
+    original
 }
 
 /// Each CR not followed by LF made CRLF (the test's own reading of the rule).
