@@ -696,16 +696,20 @@ class Stack:
                 found[queue_id] = (trace, received, message)
         return found
 
-    def messages_postfix_passed_on(self):
-        """Queue IDs of the messages that Postfix's smtpd received in full (the queue
-        manager took them) since the daemon's last start: each went through the
-        milter's end of message, unless the milter was down."""
+    def maillog_since_milter_start(self):
+        """The maillog from where the daemon's last start found it."""
         try:
             with open(self.maillog, "rb") as f:
                 f.seek(self.state.get("maillog_at_milter_start", 0))
-                text = f.read().decode(errors="replace")
+                return f.read().decode(errors="replace")
         except OSError:
-            return set()
+            return ""
+
+    def messages_postfix_passed_on(self, maillog=None):
+        """Queue IDs of the messages that Postfix's smtpd received in full (the queue
+        manager took them) since the daemon's last start: each went through the
+        milter's end of message, unless the milter was down."""
+        text = self.maillog_since_milter_start() if maillog is None else maillog
         received = set(re.findall(r"postfix/smtpd\[\d+\]: ([0-9A-Za-z]+): client=", text))
         queued = set(re.findall(r"postfix/qmgr\[\d+\]: ([0-9A-Za-z]+): from=<", text))
         return received & queued
@@ -721,12 +725,10 @@ class Stack:
         except StackError:
             return None
         counted = sum(json.loads(out)["messages"].values())
-        with open(self.maillog, "rb") as f:
-            f.seek(self.state.get("maillog_at_milter_start", 0))
-            since_start = f.read().decode(errors="replace")
+        since_start = self.maillog_since_milter_start()
         if re.search(r"warning: .*Milter service inet:127\.0\.0\.1:%d" % self.ports["milter"], since_start):
             return None
-        return counted, len(self.messages_postfix_passed_on())
+        return counted, len(self.messages_postfix_passed_on(since_start))
 
     def journals(self):
         """Journals stored by the TLS sink: [(n, envelope dict, raw bytes)], in order."""

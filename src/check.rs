@@ -132,11 +132,9 @@ pub fn evaluate(status: &Status, limits: &Limits, now: u64) -> (Level, String) {
 
 /// `15m` rather than `900s`: the window as an administrator writes it.
 fn in_largest_unit(d: Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        0 => crate::config::show::duration(d),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
+    match d.as_secs() {
+        s if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
         _ => crate::config::show::duration(d),
     }
 }

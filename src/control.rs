@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
+use crate::clock::now_secs as epoch_secs;
 use crate::queue::{Queue, QueueStatus, QUEUE_NAME};
 use crate::stats::{IntakeCounts, LastError, Snapshot};
 use crate::tracking::{Journal, NotJournaled, Tracker};
@@ -81,12 +82,6 @@ pub struct Activity {
     pub last_hard_bounce_at: u64,
     /// A connection came past milter.max_connections.
     pub last_busy_at: u64,
-}
-
-fn epoch_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The answer to `track`.

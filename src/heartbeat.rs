@@ -4,16 +4,18 @@
 //! is then known to within that period, for a clean stop to the second.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use crate::clock::now_secs;
 use crate::tdclog::{appliance_timestamp, Event, Log};
 
 /// How often the running daemon records that it is alive.
 pub const PERIOD: Duration = Duration::from_secs(5);
 const FILE: &str = "alive";
 
+#[derive(Clone)]
 pub struct Heartbeat {
     path: PathBuf,
 }
@@ -37,14 +39,14 @@ impl Heartbeat {
     /// which makes the gap look longer, never shorter.
     pub fn beat(&self) -> std::io::Result<()> {
         let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{}\n", epoch_secs(SystemTime::now())))?;
+        std::fs::write(&tmp, format!("{}\n", now_secs()))?;
         std::fs::rename(&tmp, &self.path)
     }
 
     /// At start: logs the gap since the previous instance, then records this one.
     pub fn start(&self, log: &Log) {
         if let Some(last) = self.last_alive() {
-            let now = epoch_secs(SystemTime::now());
+            let now = now_secs();
             let at = OffsetDateTime::from_unix_timestamp(last as i64)
                 .map(appliance_timestamp)
                 .unwrap_or_else(|_| last.to_string());
@@ -86,11 +88,6 @@ impl Heartbeat {
             ),
         );
     }
-}
-
-fn epoch_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

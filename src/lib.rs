@@ -20,6 +20,7 @@
 //! the binary and the integration tests; it makes no API promises.
 
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod delivery;
@@ -153,9 +154,9 @@ pub async fn run_with(
         version: env!("CARGO_PKG_VERSION"),
         listen: &listen,
     });
-    let spool_dir = settings.queue.spool_dir.clone();
-    heartbeat::Heartbeat::new(&spool_dir).start(&log);
-    let beating = tokio::spawn(heartbeat::Heartbeat::new(&spool_dir).run(log.clone()));
+    let heartbeat = heartbeat::Heartbeat::new(&settings.queue.spool_dir);
+    heartbeat.start(&log);
+    let beating = tokio::spawn(heartbeat.clone().run(log.clone()));
     let milter_config = indymilter::Config {
         // Our own limit (milter.max_connections) is applied at negotiation, where a
         // connection past it is answered at once; indymilter's would leave it
@@ -195,7 +196,7 @@ pub async fn run_with(
     }
     beating.abort();
     // The moment of a clean stop, for the next start's gap line.
-    let _ = heartbeat::Heartbeat::new(&spool_dir).beat();
+    let _ = heartbeat.beat();
     log.event(Event::Stopping);
     served.map_err(RunError::Milter)
 }

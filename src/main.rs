@@ -199,13 +199,10 @@ fn status_check(path: &Path) -> ExitCode {
                 .map_err(|e| format!("daemon not reachable: {e}"))?;
             let status: control::Status = serde_json::from_str(&answer)
                 .map_err(|e| format!("unexpected answer from the daemon: {e}"))?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             Ok(check::evaluate(
                 &status,
                 &check::Limits::from_settings(&settings),
-                now,
+                tdc_milter::clock::now_secs(),
             ))
         });
     let (level, line) = match judged {

@@ -2,14 +2,13 @@
 //!
 //! The names follow the appliance's `tophosts` columns where one exists.
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use serde::{Deserialize, Serialize};
-
+use crate::clock::now_secs as epoch_secs;
 use crate::outcome::Outcome;
 
 #[derive(Debug)]
@@ -347,12 +346,6 @@ impl Drop for MilterSlot {
             .milter_connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
-}
-
-fn epoch_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -7,10 +7,11 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_secs as now;
 use crate::outcome::Skip;
 use crate::tdclog::{Event, Tap};
 
@@ -131,12 +132,6 @@ pub struct Tracker {
     store: Mutex<Store>,
     /// Messages not journaled, and why.
     skipped: skipped::Skipped,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The MID an event is about, if any.

@@ -595,7 +595,7 @@ pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
                 };
                 (&rest[..p], &rest[p + len..], true)
             }
-            None => (rest, &rest[rest.len()..], false),
+            None => (rest, &[][..], false),
         };
         rest = tail;
         if text.first() == Some(&b'.') {

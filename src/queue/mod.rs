@@ -13,13 +13,14 @@ pub mod spool;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::delivery::{Deliverer, DeliveryError, FailureClass, Job, Kind, Reply};
 use crate::stats::Stats;
@@ -131,12 +132,6 @@ pub struct Queue {
 /// The delivery side: run it with [`Scheduler::run`].
 pub struct Scheduler {
     shared: Arc<Shared>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn domain_of(address: &str) -> String {
