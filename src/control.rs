@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -20,6 +19,7 @@ use crate::clock::now_secs as epoch_secs;
 use crate::queue::{Queue, QueueStatus, QUEUE_NAME};
 use crate::stats::{IntakeCounts, LastError, Snapshot};
 use crate::tracking::{Journal, NotJournaled, Tracker};
+use crate::unix_socket::BoundSocket;
 
 /// Longest request line we read.
 const MAX_REQUEST: u64 = 1024;
@@ -189,28 +189,12 @@ fn host_row(s: &Snapshot) -> HostRow {
 
 /// Binds the control socket: creates its directory, refuses to take over the socket of
 /// a daemon that is still running, and restricts it to mode 0660.
-pub fn bind(path: &Path) -> Result<UnixListener, String> {
+pub fn bind(path: &Path) -> Result<(UnixListener, BoundSocket), String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(format!(
-            "another tdc-milter is answering on {}; is it still running?",
-            path.display()
-        ));
-    }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if meta.file_type().is_socket() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
-    Ok(listener)
+    crate::unix_socket::bind(path, 0o660, None)
 }
 
 /// Serves requests until the listener is dropped (the task is aborted at shutdown).

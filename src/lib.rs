@@ -36,6 +36,7 @@ pub mod reload;
 pub mod stats;
 pub mod tdclog;
 pub mod tracking;
+pub mod unix_socket;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -118,10 +119,13 @@ pub async fn run_with(
     // The control socket is for looking; journaling goes on without it.
     let control_socket = settings.control.socket.clone();
     let controlling = match control::bind(&settings.control.socket) {
-        Ok(listener) => Some(tokio::spawn(control::serve(
-            listener,
-            Arc::new(control::Controller::new(queue.clone(), tracker.clone())),
-        ))),
+        Ok((listener, bound)) => Some((
+            tokio::spawn(control::serve(
+                listener,
+                Arc::new(control::Controller::new(queue.clone(), tracker.clone())),
+            )),
+            bound,
+        )),
         Err(e) => {
             log.event(Event::ControlUnavailable { error: &e });
             None
@@ -187,9 +191,9 @@ pub async fn run_with(
         delivering.abort();
         log.event(Event::DeliveriesAbandoned);
     }
-    if let Some(task) = controlling {
+    if let Some((task, bound)) = controlling {
         task.abort();
-        let _ = std::fs::remove_file(&control_socket);
+        bound.remove_if_unchanged(&control_socket);
     }
     if let Some(task) = exporting {
         task.abort();

@@ -6,10 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use indymilter::EitherListener;
-use tdc_milter::config::{Settings, SocketSpec, DEFAULT_PATH};
+use tdc_milter::config::{MilterSettings, Settings, SocketSpec, DEFAULT_PATH};
 use tdc_milter::control;
 use tdc_milter::milter::listener::QuickAckListener;
+use tdc_milter::queue::lock::SpoolLock;
 use tdc_milter::tdclog::Log;
+use tdc_milter::unix_socket::{self, BoundSocket};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -253,6 +255,9 @@ fn pretty(value: &impl serde::Serialize) -> String {
 
 fn run(path: &Path, log: Log) -> Result<(), String> {
     let settings = Settings::load(path).map_err(|e| e.to_string())?;
+    // Before anything is bound: a second instance must leave the first one's socket
+    // and spool alone. Held until the end of this function.
+    let _spool = SpoolLock::acquire(&settings.queue.spool_dir).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -276,37 +281,40 @@ fn run(path: &Path, log: Log) -> Result<(), String> {
             }
         };
         let listen = settings.milter.listen.clone();
-        let listener = bind(&listen).await?;
+        let (listener, bound) = bind(&settings.milter).await?;
         let stats = std::sync::Arc::new(tdc_milter::stats::Stats::default());
         let result = tdc_milter::run_with(listener, settings, log, stats, reloads, shutdown).await;
-        if let SocketSpec::Unix(path) = &listen {
-            remove_stale_socket(path);
+        if let (SocketSpec::Unix(path), Some(ours)) = (&listen, bound) {
+            ours.remove_if_unchanged(path);
         }
         result.map_err(|e| e.to_string())
     })
 }
 
-async fn bind(spec: &SocketSpec) -> Result<EitherListener<QuickAckListener, UnixListener>, String> {
-    match spec {
+async fn bind(
+    milter: &MilterSettings,
+) -> Result<
+    (
+        EitherListener<QuickAckListener, UnixListener>,
+        Option<BoundSocket>,
+    ),
+    String,
+> {
+    match &milter.listen {
         SocketSpec::Inet { host, port } => TcpListener::bind((host.as_str(), *port))
             .await
-            .map(|tcp| EitherListener::Tcp(QuickAckListener(tcp)))
+            .map(|tcp| (EitherListener::Tcp(QuickAckListener(tcp)), None))
             .map_err(|e| format!("cannot listen on inet:{host}:{port}: {e}")),
         SocketSpec::Unix(path) => {
-            remove_stale_socket(path);
-            UnixListener::bind(path)
-                .map(EitherListener::Unix)
-                .map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))
-        }
-    }
-}
-
-/// Removes a socket left by an earlier run; anything that is not a socket stays.
-fn remove_stale_socket(path: &Path) {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            let _ = std::fs::remove_file(path);
+            let group = match &milter.socket_group {
+                Some(name) => Some(
+                    unix_socket::group_id(name).map_err(|e| format!("milter.socket_group: {e}"))?,
+                ),
+                None => None,
+            };
+            let (listener, bound) = unix_socket::bind(path, milter.socket_mode, group)
+                .map_err(|e| format!("cannot listen on unix:{e}"))?;
+            Ok((EitherListener::Unix(listener), Some(bound)))
         }
     }
 }

@@ -17,7 +17,7 @@ use serde_saphyr::{DuplicateKeyPolicy, Error as YamlError, Location, Spanned};
 use super::units::{parse_duration, parse_size};
 use super::values::{
     check_header_name, normalise_address, parse_host_port, parse_network, parse_pattern,
-    parse_socket_spec,
+    parse_socket_mode, parse_socket_spec,
 };
 use super::yaml_path::{node_at, Node};
 use super::Level;
@@ -35,6 +35,9 @@ const DEFAULT_CHECK_QUEUE_WARNING: f64 = 0.5;
 const DEFAULT_MILTER_MAX_CONNECTIONS: usize = 1000;
 /// libmilter's own default, a little over Postfix's longest milter timeout (2 h).
 const DEFAULT_MILTER_IDLE_TIMEOUT_SECS: u64 = 7210;
+/// Owner and group read and write: Postfix's user, a member of the socket's group,
+/// can connect; nobody else can.
+const DEFAULT_MILTER_SOCKET_MODE: u32 = 0o660;
 const DEFAULT_CLIENT_IP_HEADER: &str = "X-IronPort-RemoteIP";
 const DEFAULT_MAX_SIZE: u64 = 50 * 1024 * 1024;
 const DEFAULT_PORT: u16 = 25;
@@ -223,6 +226,8 @@ struct RawMilter {
     listen: Option<Spanned<String>>,
     max_connections: Option<Spanned<usize>>,
     idle_timeout: Option<Spanned<String>>,
+    socket_mode: Option<Spanned<String>>,
+    socket_group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -818,10 +823,24 @@ impl Loader<'_> {
             "milter.idle_timeout",
             std::time::Duration::from_secs(DEFAULT_MILTER_IDLE_TIMEOUT_SECS),
         )?;
+        let socket_mode = match &raw.socket_mode {
+            Some(mode) => parse_socket_mode(&mode.value)
+                .map_err(|e| self.bad(mode, "milter.socket_mode", e))?,
+            None => DEFAULT_MILTER_SOCKET_MODE,
+        };
+        let socket_group = match &raw.socket_group {
+            Some(group) if group.value.trim().is_empty() => {
+                return Err(self.bad(group, "milter.socket_group", "the group name is empty"))
+            }
+            Some(group) => Some(group.value.trim().to_string()),
+            None => None,
+        };
         Ok(MilterSettings {
             listen,
             max_connections,
             idle_timeout,
+            socket_mode,
+            socket_group,
         })
     }
 

@@ -57,6 +57,11 @@ pub struct MilterSettings {
     /// A connection on which the MTA sends nothing for this long is closed. Longer
     /// than any MTA timeout, so that the MTA, not we, ends an idle session.
     pub idle_timeout: Duration,
+    /// The mode of a `unix:` milter socket: the MTA's user needs read and write.
+    pub socket_mode: u32,
+    /// The group a `unix:` milter socket is given (the MTA's user is a member);
+    /// `None`: the daemon's own group.
+    pub socket_group: Option<String>,
 }
 
 /// A milter socket in Postfix syntax.

@@ -49,6 +49,17 @@ pub fn values(s: &Settings) -> Vec<(String, String)> {
         ),
         ("milter.idle_timeout", duration(s.milter.idle_timeout)),
         (
+            "milter.socket_mode",
+            format!("{:04o}", s.milter.socket_mode),
+        ),
+        (
+            "milter.socket_group",
+            s.milter
+                .socket_group
+                .clone()
+                .unwrap_or_else(|| "null".into()),
+        ),
+        (
             "incoming.daemon_names",
             list(s.incoming.daemon_names.clone()),
         ),

@@ -39,6 +39,28 @@ pub fn parse_socket_spec(text: &str) -> Result<SocketSpec, String> {
     ))
 }
 
+/// Parses a file mode written in octal, like chmod's: `0660`, `660`. Only the
+/// permission bits; a socket the daemon's own user cannot use is refused.
+pub fn parse_socket_mode(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let mode =
+        (!text.is_empty() && text.len() <= 4 && text.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+            .then(|| u32::from_str_radix(text, 8).ok())
+            .flatten()
+            .ok_or_else(|| format!("'{text}' is not an octal mode; write it like \"0660\""))?;
+    if mode > 0o777 {
+        return Err(format!(
+            "'{text}' has bits besides the permissions; write it like \"0660\""
+        ));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(format!(
+            "'{text}' does not let the daemon's own user read and write the socket"
+        ));
+    }
+    Ok(mode)
+}
+
 /// Parses a static route entry: `host`, `host:port`, `[v6]` or `[v6]:port`.
 pub(crate) fn parse_host_port(text: &str) -> Result<HostPort, String> {
     let text = text.trim();

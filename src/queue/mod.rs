@@ -7,6 +7,7 @@
 //! connection workers per intake domain; a worker delivers journal after journal on
 //! one connection (RSET between) and exits when the queue has nothing for it.
 
+pub mod lock;
 pub mod retry;
 pub mod spool;
 

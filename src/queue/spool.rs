@@ -148,6 +148,14 @@ impl Spool {
         for d in [dir, &active, &free, &incoming] {
             fs::create_dir_all(d).map_err(err("cannot create spool directory", d))?;
         }
+        for d in [&active, &free, &incoming] {
+            let meta = fs::symlink_metadata(d).map_err(err("cannot read", d))?;
+            if !meta.is_dir() {
+                return Err(err("not a directory (a link is not followed):", d)(
+                    io::Error::new(io::ErrorKind::InvalidInput, "remove it and restart"),
+                ));
+            }
+        }
         // Leftovers of writes that never completed were never acknowledged as spooled;
         // their originals were accepted with a log line saying the journal failed.
         for leftover in fs::read_dir(&incoming).map_err(err("cannot read", &incoming))? {
@@ -160,7 +168,15 @@ impl Spool {
         let mut moved = false;
         for place in [&active, &free] {
             for item in fs::read_dir(place).map_err(err("cannot read", place))? {
-                let path = item.map_err(err("cannot read", place))?.path();
+                let item = item.map_err(err("cannot read", place))?;
+                let path = item.path();
+                if !item.file_type().is_ok_and(|t| t.is_file()) {
+                    damaged.push(Damaged {
+                        path,
+                        reason: "not a regular file (a link or a directory is not followed)".into(),
+                    });
+                    continue;
+                }
                 // In free/, every unmarked file is free, whatever it held; in active/,
                 // an unmarked file of this format was never acknowledged.
                 let unmarked = if place == &free {
@@ -296,8 +312,7 @@ impl Spool {
             }
             return result;
         };
-        let result = OpenOptions::new()
-            .write(true)
+        let result = no_follow(OpenOptions::new().write(true))
             .open(&recycled)
             .map_err(err("cannot open", &recycled))
             .and_then(|file| write_marked(file, &recycled, &header, journal))
@@ -316,7 +331,7 @@ impl Spool {
     /// The journal bytes of a spooled entry.
     pub fn read_journal(&self, entry: &SpoolEntry) -> Result<Vec<u8>, SpoolError> {
         let path = self.path(entry.mid, entry.attempts);
-        let mut bytes = fs::read(&path).map_err(err("cannot read", &path))?;
+        let mut bytes = read_file(&path).map_err(err("cannot read", &path))?;
         let start = header_end(&bytes).ok_or_else(|| {
             err("damaged spool file", &path)(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -427,7 +442,24 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
 
 /// Whether a file carries the completion mark.
 fn marked(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.permissions().mode() & COMPLETE_BIT != 0)
+    fs::symlink_metadata(path).is_ok_and(|m| m.permissions().mode() & COMPLETE_BIT != 0)
+}
+
+/// Nothing in the spool is followed through a link: whoever could plant one could make
+/// the daemon read another file into a journal, or overwrite it.
+fn no_follow(options: &mut OpenOptions) -> &mut OpenOptions {
+    options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+}
+
+fn open_file(path: &Path) -> io::Result<File> {
+    no_follow(OpenOptions::new().read(true)).open(path)
+}
+
+fn read_file(path: &Path) -> io::Result<Vec<u8>> {
+    let mut file = open_file(path)?;
+    let mut bytes = Vec::with_capacity(file.metadata().map_or(0, |m| m.len() as usize));
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// A journal file whose write never finished: no completion mark, and what is there
@@ -437,7 +469,7 @@ fn unfinished_write(path: &Path) -> bool {
         return false;
     }
     let mut start = Vec::with_capacity(MAGIC.len());
-    File::open(path)
+    open_file(path)
         .and_then(|f| f.take(MAGIC.len() as u64).read_to_end(&mut start))
         .is_ok_and(|_| MAGIC.as_bytes().starts_with(&start))
 }
@@ -480,7 +512,7 @@ fn read_header(path: &Path) -> Result<SpoolEntry, String> {
     let from_name = name
         .split_once('.')
         .and_then(|(m, a)| Some((m.parse::<u64>().ok()?, a.parse::<u32>().ok()?)));
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    let bytes = read_file(path).map_err(|e| e.to_string())?;
     let end = header_end(&bytes).ok_or("no end of header")?;
     let header = String::from_utf8_lossy(&bytes[..end]);
     let mut lines = header.lines();
@@ -651,6 +683,54 @@ mod tests {
             fs::read_dir(dir.path().join("free")).expect("free").count(),
             3
         );
+    }
+
+    #[test]
+    fn links_in_the_spool_are_never_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("outside");
+        let (spool, _, _) = Spool::open(dir.path()).expect("open");
+        let mut e = entry(3);
+        e.size = 3;
+        spool.write(&e, b"abc").expect("write");
+        drop(spool);
+        // A valid journal outside the spool, linked in as active/4.0 and as a free file.
+        let planted = outside.path().join("planted");
+        fs::copy(dir.path().join("active/3.0"), &planted).expect("copy");
+        fs::set_permissions(&planted, fs::Permissions::from_mode(0o700)).expect("chmod");
+        let victim = outside.path().join("victim");
+        fs::write(&victim, "keep me").expect("victim");
+        std::os::unix::fs::symlink(&planted, dir.path().join("active/4.0")).expect("link");
+        std::os::unix::fs::symlink(&victim, dir.path().join("free/s9")).expect("link");
+
+        let (spool, found, damaged) = Spool::open(dir.path()).expect("reopen");
+        assert_eq!(found.iter().map(|e| e.mid).collect::<Vec<_>>(), vec![3]);
+        let mut names: Vec<_> = damaged
+            .iter()
+            .map(|d| d.path.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        assert_eq!(names, [Some("4.0".to_string()), Some("s9".to_string())]);
+        assert!(damaged.iter().all(|d| d.reason.contains("not followed")));
+        // Writing new journals reuses no link, and leaves the files outside alone.
+        for mid in 10..20 {
+            spooled(&spool, mid, b"new journal bytes");
+        }
+        assert_eq!(fs::read_to_string(&victim).expect("victim"), "keep me");
+        assert!(fs::symlink_metadata(spool.corrupt_dir().join("4.0"))
+            .expect("moved aside")
+            .file_type()
+            .is_symlink());
+
+        // A spool subdirectory that is a link makes the start fail, naming it.
+        drop(spool);
+        fs::remove_dir_all(dir.path().join("incoming")).expect("rm");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("incoming")).expect("link");
+        let e = Spool::open(dir.path())
+            .err()
+            .expect("a linked incoming/ is refused");
+        assert!(e.to_string().contains("incoming"), "{e}");
+        assert!(victim.exists());
     }
 
     fn ino(path: &Path) -> u64 {

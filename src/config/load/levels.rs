@@ -48,7 +48,13 @@ pub(super) fn overlay(
         level,
         file,
         "milter",
-        [listen, max_connections, idle_timeout]
+        [
+            listen,
+            max_connections,
+            idle_timeout,
+            socket_mode,
+            socket_group
+        ]
     );
     overlay_section!(
         base.incoming,

@@ -990,3 +990,45 @@ fn milter_limits_and_internal_networks() {
         "milter.max_connections: must be at least 1",
     );
 }
+
+#[test]
+fn milter_socket_mode_and_group() {
+    let s = ok(&with_intake(""));
+    assert_eq!((s.milter.socket_mode, s.milter.socket_group), (0o660, None));
+    let s = ok(&with_intake(
+        "milter: { socket_mode: \"0600\", socket_group: postfix }\n",
+    ));
+    assert_eq!(s.milter.socket_mode, 0o600);
+    assert_eq!(s.milter.socket_group.as_deref(), Some("postfix"));
+    // Unquoted, as chmod takes it.
+    assert_eq!(
+        ok(&with_intake("milter: { socket_mode: 660 }\n"))
+            .milter
+            .socket_mode,
+        0o660
+    );
+    fails_at(
+        &with_intake("milter: { socket_mode: \"0689\" }\n"),
+        2,
+        24,
+        "milter.socket_mode: '0689' is not an octal mode",
+    );
+    fails_at(
+        &with_intake("milter: { socket_mode: \"4660\" }\n"),
+        2,
+        24,
+        "milter.socket_mode: '4660' has bits besides the permissions",
+    );
+    fails_at(
+        &with_intake("milter: { socket_mode: \"0060\" }\n"),
+        2,
+        24,
+        "does not let the daemon's own user read and write the socket",
+    );
+    fails_at(
+        &with_intake("milter: { socket_group: \" \" }\n"),
+        2,
+        25,
+        "milter.socket_group: the group name is empty",
+    );
+}
