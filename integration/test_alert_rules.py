@@ -28,7 +28,7 @@ def run(*args):
 
 def test_the_rules_file_is_valid():
     out = run("check", "rules", str(RULES))
-    assert "SUCCESS: 7 rules found" in out, out
+    assert "SUCCESS: 8 rules found" in out, out
 
 
 def test_each_alert_fires_when_it_should_and_only_then():

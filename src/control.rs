@@ -15,9 +15,12 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
+use crate::accept::{Backoff, ConnectionLimit};
 use crate::clock::now_secs as epoch_secs;
 use crate::queue::{Queue, QueueStatus, QUEUE_NAME};
 use crate::stats::{IntakeCounts, LastError, Snapshot};
+use crate::stats::{Socket, Stats};
+use crate::tdclog::Log;
 use crate::tracking::{Journal, NotJournaled, Tracker};
 use crate::unix_socket::BoundSocket;
 
@@ -197,23 +200,53 @@ pub fn bind(path: &Path) -> Result<(UnixListener, BoundSocket), String> {
     crate::unix_socket::bind(path, 0o660, None)
 }
 
-/// Serves requests until the listener is dropped (the task is aborted at shutdown).
-pub async fn serve(listener: UnixListener, controller: Arc<Controller>) {
-    while let Ok((stream, _)) = listener.accept().await {
+/// Requests served at once (one request per connection); past it a connection is
+/// closed at once.
+pub const MAX_CONNECTIONS: usize = 16;
+/// The request must arrive within this, and the answer be taken within as long.
+const REQUEST_TIME: Duration = Duration::from_secs(5);
+
+/// Serves requests until the task is aborted at shutdown.
+pub async fn serve(
+    listener: UnixListener,
+    controller: Arc<Controller>,
+    log: Log,
+    stats: Arc<Stats>,
+) {
+    let limit = ConnectionLimit::new(Socket::Control, MAX_CONNECTIONS, stats.clone());
+    let mut backoff = Backoff::new(Socket::Control, log, stats);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.accepted();
+                stream
+            }
+            Err(e) => {
+                tokio::time::sleep(backoff.failed(&e)).await;
+                continue;
+            }
+        };
+        let Some(slot) = limit.admit() else {
+            drop(stream);
+            continue;
+        };
         let controller = controller.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
-            let read =
-                tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+            let read = tokio::time::timeout(REQUEST_TIME, reader.read_line(&mut line)).await;
             if !matches!(read, Ok(Ok(_))) {
                 return;
             }
             let mut answer = controller.answer(&line);
             answer.push('\n');
-            let _ = write.write_all(answer.as_bytes()).await;
-            let _ = write.shutdown().await;
+            let _ = tokio::time::timeout(REQUEST_TIME, async {
+                let _ = write.write_all(answer.as_bytes()).await;
+                let _ = write.shutdown().await;
+            })
+            .await;
         });
     }
 }

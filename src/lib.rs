@@ -19,11 +19,13 @@
 //! `config` and `tdclog` are leaves that every module may use. This library exists for
 //! the binary and the integration tests; it makes no API promises.
 
+pub mod accept;
 pub mod check;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod delivery;
+pub mod fd_limit;
 pub mod heartbeat;
 pub mod journal;
 pub mod metrics;
@@ -114,8 +116,13 @@ pub async fn run_with(
         log.event(Event::TlsVerifyOff);
     }
     stats.set_milter_connection_limit(settings.milter.max_connections);
+    fd_limit::raise_and_check(&settings, &log);
+    let listener = accept::Resilient::new(
+        listener,
+        accept::Backoff::new(stats::Socket::Milter, log.clone(), stats.clone()),
+    );
     let (queue, scheduler) =
-        queue::open(&settings, deliverer, stats, log.clone()).map_err(RunError::Spool)?;
+        queue::open(&settings, deliverer, stats.clone(), log.clone()).map_err(RunError::Spool)?;
     // The control socket is for looking; journaling goes on without it.
     let control_socket = settings.control.socket.clone();
     let controlling = match control::bind(&settings.control.socket) {
@@ -123,6 +130,8 @@ pub async fn run_with(
             tokio::spawn(control::serve(
                 listener,
                 Arc::new(control::Controller::new(queue.clone(), tracker.clone())),
+                log.clone(),
+                stats.clone(),
             )),
             bound,
         )),
@@ -140,7 +149,12 @@ pub async fn run_with(
                     address: &bound.to_string(),
                 });
                 let registry = Arc::new(metrics::registry(queue.clone()));
-                Some(tokio::spawn(metrics::serve(listener, registry)))
+                Some(tokio::spawn(metrics::serve(
+                    listener,
+                    registry,
+                    log.clone(),
+                    stats.clone(),
+                )))
             }
             Err(e) => {
                 log.event(Event::MetricsUnavailable { error: &e });

@@ -6,13 +6,14 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -20,8 +21,11 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
+use crate::accept::{Backoff, ConnectionLimit};
 use crate::outcome::Outcome;
 use crate::queue::Queue;
+use crate::stats::{Socket, Stats};
+use crate::tdclog::Log;
 
 /// Reads the queue's figures at each scrape.
 #[derive(Debug)]
@@ -213,6 +217,28 @@ impl Collector for QueueCollector {
             ConstCounter::new(failures.get(class).copied().unwrap_or(0))
                 .encode(metric.encode_family(&labels)?)?;
         }
+        let family = ConstCounter::new(0u64);
+        let mut metric = e.encode_descriptor(
+            "accept_errors",
+            "Failed accepts by socket (out of file descriptors, say); on the milter socket the MTA meanwhile applies its default_action.",
+            None,
+            family.metric_type(),
+        )?;
+        for socket in Socket::ALL {
+            ConstCounter::new(stats.accept_errors(socket))
+                .encode(metric.encode_family(&[("socket", socket.label())])?)?;
+        }
+        let family = ConstCounter::new(0u64);
+        let mut metric = e.encode_descriptor(
+            "connections_refused",
+            "Connections to the metrics or control socket closed at once: its connection limit was reached.",
+            None,
+            family.metric_type(),
+        )?;
+        for socket in [Socket::Metrics, Socket::Control] {
+            ConstCounter::new(stats.connections_refused(socket))
+                .encode(metric.encode_family(&[("socket", socket.label())])?)?;
+        }
         Ok(())
     }
 }
@@ -254,18 +280,46 @@ pub fn render(registry: &Registry) -> String {
     text
 }
 
+/// Scrapers served at once: a Prometheus pair and a few people with curl need a
+/// handful; past it a connection is closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request's headers must arrive within this, and a whole connection (one request,
+/// no keep-alive) is over within `CONNECTION_TIME`, however slowly the peer reads.
+const HEADER_TIME: Duration = Duration::from_secs(10);
+const CONNECTION_TIME: Duration = Duration::from_secs(30);
+
 /// Serves `GET /metrics` until the task is aborted.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
-    while let Ok((stream, _)) = listener.accept().await {
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, log: Log, stats: Arc<Stats>) {
+    let limit = ConnectionLimit::new(Socket::Metrics, MAX_CONNECTIONS, stats.clone());
+    let mut backoff = Backoff::new(Socket::Metrics, log, stats);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.accepted();
+                stream
+            }
+            Err(e) => {
+                tokio::time::sleep(backoff.failed(&e)).await;
+                continue;
+            }
+        };
+        let Some(slot) = limit.admit() else {
+            drop(stream);
+            continue;
+        };
         let registry = registry.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let registry = registry.clone();
                 async move { Ok::<_, Infallible>(respond(&request, &registry)) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIME)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIME, connection).await;
         });
     }
 }

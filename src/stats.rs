@@ -39,6 +39,10 @@ pub struct Stats {
     milter_busy_connections: AtomicU64,
     /// milter.max_connections as last applied.
     milter_connection_limit: AtomicU64,
+    /// Failed accepts by socket ([`Socket::index`]).
+    accept_errors: [AtomicU64; Socket::ALL.len()],
+    /// Connections closed at once because their socket's limit was reached.
+    connections_refused: [AtomicU64; Socket::ALL.len()],
     /// When a message last reached end of message, and when the intake last accepted
     /// a journal: seconds since the Unix epoch, 0 for never.
     last_message_at: AtomicU64,
@@ -78,6 +82,8 @@ impl Default for Stats {
             milter_connections: AtomicU64::default(),
             milter_busy_connections: AtomicU64::default(),
             milter_connection_limit: AtomicU64::default(),
+            accept_errors: Default::default(),
+            connections_refused: Default::default(),
             last_message_at: AtomicU64::default(),
             last_delivery_at: AtomicU64::default(),
             last_soft_bounce_at: AtomicU64::default(),
@@ -98,6 +104,27 @@ impl Default for Stats {
 /// and a factor of 2 per bucket was too coarse to tell 2 ms from 3 ms.
 fn end_of_message_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.0001, std::f64::consts::SQRT_2, 33)
+}
+
+/// The sockets the daemon accepts connections on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Socket {
+    Milter = 0,
+    Metrics = 1,
+    Control = 2,
+}
+
+impl Socket {
+    pub const ALL: [Socket; 3] = [Socket::Milter, Socket::Metrics, Socket::Control];
+
+    /// The metrics label and the word in log lines.
+    pub fn label(self) -> &'static str {
+        match self {
+            Socket::Milter => "milter",
+            Socket::Metrics => "metrics",
+            Socket::Control => "control",
+        }
+    }
 }
 
 /// Outcomes for one intake address.
@@ -296,6 +323,22 @@ impl Stats {
                 None
             }
         }
+    }
+
+    pub fn accept_error(&self, socket: Socket) {
+        self.accept_errors[socket as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn accept_errors(&self, socket: Socket) -> u64 {
+        self.accept_errors[socket as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn connection_refused(&self, socket: Socket) {
+        self.connections_refused[socket as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connections_refused(&self, socket: Socket) -> u64 {
+        self.connections_refused[socket as usize].load(Ordering::Relaxed)
     }
 
     /// (full sessions open now, connections answered as busy since start)

@@ -162,6 +162,22 @@ pub enum Event<'a> {
     MetricsUnavailable {
         error: &'a str,
     },
+    /// The open file limit is below what the settings can hold open.
+    FileLimitLow {
+        limit: u64,
+        needed: u64,
+    },
+    /// The first failed accept of a burst on one of our sockets.
+    AcceptFailing {
+        socket: &'a str,
+        error: &'a str,
+    },
+    /// Accepting works again after a burst of failures.
+    AcceptRecovered {
+        socket: &'a str,
+        errors: u64,
+        seconds: u64,
+    },
     /// Shutdown grace period over with deliveries still running.
     DeliveriesAbandoned,
     /// The spool failed for one journal (read, rename, remove).
@@ -194,6 +210,8 @@ impl Event<'_> {
             | Event::ReloadRefused { .. }
             | Event::ControlUnavailable { .. }
             | Event::MetricsUnavailable { .. }
+            | Event::AcceptFailing { .. }
+            | Event::FileLimitLow { .. }
             | Event::DeliveriesAbandoned => Severity::Warning,
             Event::SpoolFailure { .. } => Severity::Critical,
             _ => Severity::Info,
@@ -357,6 +375,28 @@ impl fmt::Display for Event<'_> {
             Event::MetricsUnavailable { error } => {
                 write!(f, "TDC: metrics not available: {}", sanitize(error))
             }
+            Event::FileLimitLow { limit, needed } => write!(
+                f,
+                "TDC: the open file limit is {limit}, below the {needed} that milter.max_connections and delivery.max_connections can hold open; raise LimitNOFILE (systemctl edit tdc-milter) or lower those settings"
+            ),
+            Event::AcceptFailing { socket, error } => write!(
+                f,
+                "TDC: cannot accept connections on the {socket} socket: {}; retrying{}",
+                sanitize(error),
+                if *socket == "milter" {
+                    "; meanwhile the MTA waits for its milter connect timeout, then applies its default_action: mail flows, not journaled"
+                } else {
+                    ""
+                }
+            ),
+            Event::AcceptRecovered {
+                socket,
+                errors,
+                seconds,
+            } => write!(
+                f,
+                "TDC: accepting connections on the {socket} socket again after {errors} failed accepts in {seconds} s"
+            ),
             Event::DeliveriesAbandoned => write!(
                 f,
                 "TDC: deliveries still running at shutdown were abandoned; their journals stay in the spool"

@@ -5,7 +5,7 @@
 mod common;
 
 use common::daemon::{settings_with, Daemon};
-use common::fake_dns::{FakeDns, Zone};
+use common::fake_dns::{Answer, FakeDns, RecordType, Zone};
 use common::fake_intake::{FakeIntake, IntakeScript};
 use std::time::Duration;
 
@@ -77,5 +77,42 @@ async fn a_domain_that_does_not_exist_is_a_bad_destination_host() {
     );
     daemon.stop().await;
     assert_eq!(intake.connections(), 0);
+    intake.shutdown().await;
+}
+
+/// Each name that never answers costs the resolver its timeouts and retries: with
+/// twelve MX hosts that is far past a journal's lifetime. The lookup is cut off at the
+/// lifetime, logged as a DNS timeout, and the journal ends in time (expired), so its
+/// connection slot is free again.
+#[tokio::test]
+async fn a_dns_lookup_never_outlasts_the_journal_lifetime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (intake, ca) = common::start_intake(IntakeScript::default(), dir.path()).await;
+    let hosts: Vec<String> = (1..=12).map(|n| format!("mx{n}.intake.test")).collect();
+    let records: Vec<(u16, &str)> = hosts.iter().map(|h| (10, h.as_str())).collect();
+    let mut zone = Zone::new().mx("intake.test", &records);
+    for host in &hosts {
+        zone = zone.answer(host, RecordType::A, Answer::NoReply).answer(
+            host,
+            RecordType::AAAA,
+            Answer::NoReply,
+        );
+    }
+    let dns = FakeDns::start(zone).await;
+    let yaml = dns_settings(&intake, &dns, &ca).replace("  lifetime: 10s", "  lifetime: 3s");
+    assert!(yaml.contains("lifetime: 3s"), "{yaml}");
+    let daemon = Daemon::start(&yaml, dir.path()).await;
+    let started = std::time::Instant::now();
+    daemon.journal("QSLOW", "<bob@example.com>").await;
+    let lines = daemon.wait_for_log("Message finished MID 1", 1).await;
+    let took = started.elapsed();
+    assert!(
+        lines.iter().any(|l| l
+            == "Info: DNS Error intake.test MX - Timeout (the lookup outlasted the journal's lifetime)"),
+        "{lines:#?}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(daemon.stats.snapshot().connections, 0);
+    daemon.stop().await;
     intake.shutdown().await;
 }

@@ -3,14 +3,14 @@
 //! running daemon, its socket and its spool alone. The real binary, as systemd or an
 //! administrator would start it.
 
-use std::io::Read;
+mod common;
+
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tdc-milter");
+use common::binary::Running;
 
 fn settings(dir: &Path, name: &str, spool: &str, socket: &Path, extra: &str) -> PathBuf {
     let path = dir.join(name);
@@ -29,49 +29,14 @@ fn settings(dir: &Path, name: &str, spool: &str, socket: &Path, extra: &str) -> 
     path
 }
 
-fn start(settings: &Path) -> Child {
-    Command::new(BIN)
-        .arg("-c")
-        .arg(settings)
-        .args(["run", "--log", "stderr", "--allow-root"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tdc-milter")
-}
-
-/// The exit code and stderr of a daemon expected to give up at once.
-fn refused(settings: &Path) -> (i32, String) {
-    let mut child = start(settings);
-    let started = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status.code().unwrap_or(-1);
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the second daemon kept running");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    if let Some(mut stderr) = child.stderr.take() {
-        let _ = stderr.read_to_string(&mut err);
-    }
-    (code, err)
-}
-
-fn wait_answering(socket: &Path, daemon: &mut Child) {
+fn wait_answering(socket: &Path, daemon: &mut Running) {
     let started = Instant::now();
     while UnixStream::connect(socket).is_err() {
-        if let Some(status) = daemon.try_wait().expect("wait") {
-            let mut err = String::new();
-            if let Some(mut stderr) = daemon.stderr.take() {
-                let _ = stderr.read_to_string(&mut err);
-            }
-            panic!("the first daemon exited ({status}): {err}");
-        }
+        assert!(
+            daemon.is_running(),
+            "the daemon exited: {:?}",
+            daemon.lines()
+        );
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "nothing answers on {}",
@@ -81,12 +46,10 @@ fn wait_answering(socket: &Path, daemon: &mut Child) {
     }
 }
 
-fn stop(mut daemon: Child) {
-    let _ = rustix::process::kill_process(
-        rustix::process::Pid::from_child(&daemon),
-        rustix::process::Signal::TERM,
-    );
-    let _ = daemon.wait();
+/// A daemon expected to give up at once: its exit code and what it wrote.
+fn refused(settings: &Path) -> (i32, String) {
+    let (code, lines) = Running::start(settings, &[]).exit(Duration::from_secs(10));
+    (code, lines.join("\n"))
 }
 
 #[test]
@@ -94,9 +57,9 @@ fn a_second_daemon_on_the_same_spool_or_socket_leaves_the_first_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("milter.sock");
     let first_settings = settings(dir.path(), "first.yaml", "spool", &socket, "");
-    let mut first = start(&first_settings);
+    let mut first = Running::start(&first_settings, &[]);
     wait_answering(&socket, &mut first);
-    let pid = first.id();
+    let pid = first.pid();
 
     // The same settings: the spool is taken; the line names it and the holder.
     let (code, err) = refused(&first_settings);
@@ -121,15 +84,12 @@ fn a_second_daemon_on_the_same_spool_or_socket_leaves_the_first_alone() {
     );
 
     // The first daemon still answers on its own socket, with the default mode.
-    assert!(
-        first.try_wait().expect("wait").is_none(),
-        "the first daemon exited"
-    );
+    assert!(first.is_running(), "the first daemon exited");
     UnixStream::connect(&socket).expect("the first daemon's socket still answers");
     let meta = std::fs::symlink_metadata(&socket).expect("socket");
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.mode() & 0o7777, 0o660, "the socket's mode");
-    stop(first);
+    first.stop();
     assert!(
         std::fs::symlink_metadata(&socket).is_err(),
         "a clean stop removes the daemon's own socket"
@@ -147,21 +107,20 @@ fn a_socket_left_by_a_killed_daemon_is_taken_over_with_the_mode_asked_for() {
         &socket,
         ", socket_mode: \"0600\"",
     );
-    let mut first = start(&path);
+    let mut first = Running::start(&path, &[]);
     wait_answering(&socket, &mut first);
-    first.kill().expect("kill -9");
-    let _ = first.wait();
+    first.kill();
     assert!(
         std::fs::symlink_metadata(&socket).is_ok(),
         "kill -9 leaves the socket"
     );
 
     // The kernel released the lock with the process; the stale socket is replaced.
-    let mut second = start(&path);
+    let mut second = Running::start(&path, &[]);
     wait_answering(&socket, &mut second);
     let meta = std::fs::symlink_metadata(&socket).expect("socket");
     assert_eq!(meta.mode() & 0o7777, 0o600);
-    stop(second);
+    second.stop();
 }
 
 #[test]

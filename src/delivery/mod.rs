@@ -92,7 +92,20 @@ impl Deliverer {
         domain: &str,
         deadline: Instant,
     ) -> Result<Connection<'_>, DeliveryError> {
-        let targets = match self.route(domain).await {
+        // The resolver's own timeouts and retries add up per name (MX, then A and AAAA
+        // of each host): without this bound a slow DNS could hold a journal past its
+        // lifetime, and a connection slot with it.
+        let routed = tokio::time::timeout_at(deadline, self.route(domain))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DeliveryError::new(
+                    Stage::Dns,
+                    Kind::DnsTemporary(format!(
+                        "{domain} MX - Timeout (the lookup outlasted the journal's lifetime)"
+                    )),
+                ))
+            });
+        let targets = match routed {
             Ok(t) => t,
             Err(e) => {
                 if let Kind::DnsPermanent(detail) | Kind::DnsTemporary(detail) = &e.kind {

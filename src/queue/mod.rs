@@ -696,14 +696,44 @@ impl Scheduler {
 /// One connection: journal after journal for `domain` until there is nothing left for
 /// it, the per-connection limit is reached, or the connection fails.
 async fn worker(shared: Arc<Shared>, domain: String) {
-    run_connection(&shared, &domain).await;
-    {
-        let mut state = shared.lock();
-        if let Some(n) = state.connections.get_mut(&domain) {
-            *n = n.saturating_sub(1);
-        }
+    let mut slot = Slot {
+        shared: &shared,
+        domain: &domain,
+        open: false,
+    };
+    run_connection(&shared, &domain, &mut slot).await;
+}
+
+/// A worker's place among `delivery.max_connections`, given back however the worker
+/// ends: a panic that skipped this would leave the slot taken for good, and after
+/// `max_connections` such panics nothing would be delivered until a restart.
+struct Slot<'a> {
+    shared: &'a Shared,
+    domain: &'a str,
+    /// The connection to the intake is open (counted in `connections_out`).
+    open: bool,
+}
+
+impl Slot<'_> {
+    fn opened(&mut self) {
+        self.shared.stats.connection_opened();
+        self.open = true;
     }
-    shared.wake.notify_one();
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.shared.stats.connection_closed();
+        }
+        {
+            let mut state = self.shared.lock();
+            if let Some(n) = state.connections.get_mut(self.domain) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        self.shared.wake.notify_one();
+    }
 }
 
 /// The journal a worker holds. Should the worker end without reporting it (a panic in
@@ -739,7 +769,7 @@ impl Drop for Held<'_> {
     }
 }
 
-async fn run_connection(shared: &Shared, domain: &str) {
+async fn run_connection(shared: &Shared, domain: &str, slot: &mut Slot<'_>) {
     let Some((first, deadline)) = shared.take(domain) else {
         return;
     };
@@ -756,7 +786,7 @@ async fn run_connection(shared: &Shared, domain: &str) {
         }
     };
     shared.connection_succeeded(domain);
-    shared.stats.connection_opened();
+    slot.opened();
     let mut next = Some((first, deadline));
     let mut sent = 0;
     while let Some((entry, deadline)) = next.take() {
@@ -779,7 +809,6 @@ async fn run_connection(shared: &Shared, domain: &str) {
         let usable = !matches!(&result, Err(e) if e.is_connection_level());
         held.finish(result);
         if !usable {
-            shared.stats.connection_closed();
             return;
         }
         if sent >= shared.limits.per_connection
@@ -794,13 +823,11 @@ async fn run_connection(shared: &Shared, domain: &str) {
         held.mid = Some(entry.mid);
         if connection.reset(deadline).await.is_err() {
             held.put_back();
-            shared.stats.connection_closed();
             return;
         }
         next = Some((entry, deadline));
     }
     connection.close().await;
-    shared.stats.connection_closed();
 }
 
 async fn load_job(
@@ -910,6 +937,35 @@ mod tests {
         held.put_back();
         drop(held);
         assert_eq!(shared.log.lines().len(), before);
+    }
+
+    /// A worker that panics gives back its connection slot and its place in the
+    /// open-connections gauge, so the scheduler can start another.
+    #[tokio::test]
+    async fn a_panicking_worker_gives_back_its_connection_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = shared(dir.path(), 60_000);
+        enqueue(&shared, 1).await;
+        let (starts, _) = shared.plan();
+        assert_eq!(starts, ["intake.test"]);
+        assert_eq!(shared.lock().connections.get("intake.test"), Some(&1));
+        let worker_shared = shared.clone();
+        let died = tokio::spawn(async move {
+            let mut slot = Slot {
+                shared: &worker_shared,
+                domain: "intake.test",
+                open: false,
+            };
+            slot.opened();
+            assert_eq!(worker_shared.stats.snapshot().connections, 1);
+            panic!("a bug in delivery");
+        })
+        .await;
+        assert!(died.is_err_and(|e| e.is_panic()));
+        assert_eq!(shared.lock().connections.get("intake.test"), Some(&0));
+        assert_eq!(shared.stats.snapshot().connections, 0);
+        let (starts, _) = shared.plan();
+        assert_eq!(starts, ["intake.test"], "a new connection can start");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! in-process on port 0.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod daemon;
 pub mod fake_dns;
 pub mod fake_intake;
