@@ -14,6 +14,7 @@ import grp
 import hashlib
 import os
 import pwd
+import re
 import shlex
 import shutil
 import socket
@@ -290,6 +291,103 @@ def test_installed_daemon_journals_through_postfix(edited_conffile, syslog):
         assert delivered[0].startswith("<22>"), delivered[0]  # facility mail, severity info
         assert "TDC: MID 1 successfully delivered for scanning with Cisco Secure Email Threat Defense." \
             in delivered[0]
+
+
+CHROOT = Path("/var/spool/postfix")
+CHROOT_SOCKET_DIR = CHROOT / "tdc-milter"
+
+
+def unit_values(key):
+    return [line[len(key) + 1:] for line in UNIT.read_text().splitlines() if line.startswith(key + "=")]
+
+
+def sandboxed(argv):
+    """argv as the unit runs it, without systemd: ProtectSystem=strict (the root file
+    system read-only) but for the unit's ReadWritePaths= (a leading "-": only if it
+    exists) and its RuntimeDirectory, then User= and Group=."""
+    writable = []
+    for value in unit_values("ReadWritePaths"):
+        optional = value.startswith("-")
+        path = Path(value.lstrip("-"))
+        if path.exists():
+            writable.append(str(path))
+        else:
+            assert optional, "ReadWritePaths=%s does not exist" % value
+    writable += ["/run/" + d for d in unit_values("RuntimeDirectory")]
+    script = ('for p in "$@"; do [ "$p" = -- ] && break; mount --bind "$p" "$p"; shift; done; shift; '
+              'mount -o remount,bind,ro / && exec setpriv --reuid=tdc-milter --regid=tdc-milter '
+              '--init-groups -- "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
+            *writable, "--", *argv]
+
+
+def test_unix_socket_in_debians_postfix_chroot_under_the_unit(edited_conffile):
+    """README "A unix socket": the socket in /var/spool/postfix/tdc-milter, written
+    under the unit's read-only file system, reached by Debian's chrooted smtpd as
+    user postfix through the socket's group."""
+    stack, text = edited_conffile
+    stack.stop_postfix()
+    stack.stop_milter()
+    socket_path = CHROOT_SOCKET_DIR / "milter.sock"
+    main_cf = stack.postfix_etc / "main.cf"
+    master_cf = stack.postfix_etc / "master.cf"
+    main_before, master_before = main_cf.read_text(), master_cf.read_text()
+    etc = str(stack.postfix_etc)
+    try:
+        sh(["install", "-d", "-o", "tdc-milter", "-g", "tdc-milter", "-m", "0750", CHROOT_SOCKET_DIR])
+        sh(["adduser", "--quiet", "postfix", "tdc-milter"])
+        listen = "  listen: \"inet:127.0.0.1:%d\"" % stack.ports["milter"]
+        assert listen in text, text
+        CONF.write_text(text.replace(listen, "  listen: \"unix:%s\"" % socket_path))
+        sh([BINARY, "-c", CONF, "check-config"])
+        stack.spawn("tdc-milter", sandboxed(unit_exec_start()), stack.milter_log)
+
+        def answering():
+            assert stack.alive("tdc-milter"), st.tail(stack.milter_log)
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(str(socket_path))
+                return True
+            except OSError:
+                return False
+            finally:
+                probe.close()
+
+        st.poll(answering, 20, what="tdc-milter on its unix socket")
+        assert_path(socket_path, stat.S_ISSOCK, 0o660, "tdc-milter", "tdc-milter")
+        # The sandbox is real: the spool is writable, the rest of the system is not.
+        assert "Read-only file system" in sh(
+            sandboxed(["touch", "/var/spool/not-writable"]), check=False).stderr
+
+        # Debian's chroot: queue_directory /var/spool/postfix, smtpd chrooted into it.
+        main_cf.write_text(
+            re.sub(r"(?m)^queue_directory = .*$", "queue_directory = %s" % CHROOT, main_before)
+            .replace("smtpd_milters = { inet:127.0.0.1:%d, default_action=accept }" % stack.ports["milter"],
+                     "smtpd_milters = { unix:/tdc-milter/milter.sock, default_action=accept }"))
+        assert "unix:/tdc-milter/milter.sock" in main_cf.read_text()
+        smtpd = "127.0.0.1:%d inet n - n - - smtpd" % stack.ports["smtpd"]
+        assert smtpd in master_before
+        master_cf.write_text(master_before.replace(smtpd, "127.0.0.1:%d inet n - y - - smtpd" % stack.ports["smtpd"]))
+        sh(["postfix", "-c", etc, "start"])
+        stack.wait_listening(stack.ports["smtpd"], None)
+
+        before = len(stack.journals())
+        message = (b"From: a@example.net\r\nTo: alice@example.com\r\nSubject: chroot test\r\n"
+                   b"Message-ID: <chroot.%d@example.net>\r\n\r\nthrough the chroot\r\n" % os.getpid())
+        queue_id = stack.send("a@example.net", ["alice@example.com"], message)
+        st.poll(lambda: queue_id in stack.relayed(), 60, what="the original at smtp-sink")
+        st.poll(lambda: len(stack.journals()) == before + 1, 60, what="the journal at the intake")
+        assert b"through the chroot" in stack.journals()[-1][2]
+        maillog = stack.maillog.read_text(errors="replace")
+        assert "Milter service unix:" not in maillog, maillog
+    finally:
+        sh(["postfix", "-c", etc, "stop"], check=False)
+        stack.stop_milter()
+        main_cf.write_text(main_before)
+        master_cf.write_text(master_before)
+        CONF.write_text(text)
+        sh(["gpasswd", "-d", "postfix", "tdc-milter"], check=False)
+        shutil.rmtree(CHROOT_SOCKET_DIR, ignore_errors=True)
 
 
 def test_upgrade_keeps_the_edited_conffile(debs, edited_conffile):

@@ -95,3 +95,54 @@ async fn tls_1_2_intake_is_accepted_and_logged_with_openssl_cipher_names() {
     assert_eq!(received[0].tls_version.as_deref(), Some("TLSv1.2"));
     intake.shutdown().await;
 }
+
+/// A man in the middle who answers STARTTLS and adds a reply of his own in the same
+/// segment: bytes that arrive before encryption must never be read as the server's
+/// first reply inside TLS.
+#[tokio::test]
+async fn plaintext_injected_after_the_starttls_reply_is_a_tls_error() {
+    use common::fake_intake::Step;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = IntakeScript::default().on(
+        Stage::StartTls,
+        Step::Raw(
+            220,
+            vec![b"220 2.0.0 Ready to start TLS\r\n250-injected\r\n250 8BITMIME\r\n".to_vec()],
+        ),
+    );
+    let (intake, ca) = common::start_intake(script, dir.path()).await;
+    let lines = journal_one(&intake, ca, dir.path()).await;
+    assert_tls_error(&lines, "plaintext data after the STARTTLS reply");
+    assert!(intake.messages().is_empty());
+    intake.shutdown().await;
+}
+
+/// A multi-line greeting of 6 KB (each line well under the 4 KiB line limit), sent in
+/// pieces that cut lines and the reply code apart: read whole, and the journal goes
+/// through.
+#[tokio::test]
+async fn a_multiline_reply_longer_than_4_kib_split_across_segments_is_read_whole() {
+    use common::fake_intake::Step;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut greeting = Vec::new();
+    for n in 0..100 {
+        greeting.extend_from_slice(
+            format!("220-intake.test line {n:03} {}\r\n", "x".repeat(40)).as_bytes(),
+        );
+    }
+    greeting.extend_from_slice(b"220 intake.test ESMTP ready\r\n");
+    assert!(greeting.len() > 4096);
+    let pieces: Vec<Vec<u8>> = greeting.chunks(701).map(<[u8]>::to_vec).collect();
+    assert!(pieces.len() > 6);
+    let script = IntakeScript::default().on(Stage::Greeting, Step::Raw(220, pieces));
+    let (intake, ca) = common::start_intake(script, dir.path()).await;
+    let lines = journal_one(&intake, ca, dir.path()).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("MID 1 successfully delivered")),
+        "{lines:#?}"
+    );
+    assert_eq!(intake.messages().len(), 1);
+    intake.shutdown().await;
+}

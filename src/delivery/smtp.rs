@@ -77,22 +77,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         self.io.get_mut().flush().await.map_err(io_kind)
     }
 
-    async fn read_line(&mut self, line: &mut Vec<u8>) -> Result<(), Kind> {
+    /// Appends one line to `reply` (the lines of the reply read so far). The limit is
+    /// on this line alone, wherever the segments cut it.
+    async fn read_line(&mut self, reply: &mut Vec<u8>) -> Result<(), Kind> {
+        let start = reply.len();
         loop {
             let buf = self.io.fill_buf().await.map_err(io_kind)?;
             if buf.is_empty() {
                 return Err(Kind::Network("connection closed by the server".into()));
             }
-            if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-                line.extend_from_slice(&buf[..=pos]);
-                self.io.consume(pos + 1);
-                return Ok(());
-            }
-            let n = buf.len();
-            line.extend_from_slice(buf);
-            self.io.consume(n);
-            if line.len() > MAX_LINE {
+            let (taken, complete) = match buf.iter().position(|&b| b == b'\n') {
+                Some(pos) => (pos + 1, true),
+                None => (buf.len(), false),
+            };
+            reply.extend_from_slice(&buf[..taken]);
+            self.io.consume(taken);
+            if reply.len() - start > MAX_LINE {
                 return Err(Kind::Protocol("reply line too long".into()));
+            }
+            if complete {
+                return Ok(());
             }
         }
     }
@@ -170,6 +174,7 @@ pub async fn read_replies(input: &[u8]) -> Vec<Result<(Reply, Capabilities), Kin
 
 /// Parses one complete reply with smtp-proto.
 fn parse_reply(raw: &[u8]) -> Result<Reply, Kind> {
+    let raw = within_parser_limit(raw);
     let parsed = ResponseReceiver::default()
         .parse(&mut raw.iter())
         .map_err(|e| Kind::Protocol(format!("unparsable reply: {e:?}")))?;
@@ -181,7 +186,32 @@ fn parse_reply(raw: &[u8]) -> Result<Reply, Kind> {
     })
 }
 
+/// smtp-proto refuses a reply longer than 4,096 bytes in all; we take up to
+/// [`MAX_REPLY_LINES`] lines of [`MAX_LINE`]. A longer reply is parsed from its
+/// first lines and its last one (which ends it): the code is on every line, only
+/// text in the middle is left out. The lines come checked by `read_raw_reply`.
+fn within_parser_limit(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if raw.len() <= smtp_proto::response::parser::MAX_RESPONSE_LENGTH {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let lines: Vec<&[u8]> = raw.split_inclusive(|&b| b == b'\n').collect();
+    let Some((last, first)) = lines.split_last() else {
+        return std::borrow::Cow::Borrowed(raw);
+    };
+    let room = smtp_proto::response::parser::MAX_RESPONSE_LENGTH.saturating_sub(last.len());
+    let mut out = Vec::with_capacity(smtp_proto::response::parser::MAX_RESPONSE_LENGTH);
+    for line in first {
+        if out.len() + line.len() > room {
+            break;
+        }
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(last);
+    std::borrow::Cow::Owned(out)
+}
+
 fn parse_ehlo(raw: &[u8]) -> Capabilities {
+    let raw = within_parser_limit(raw);
     match EhloResponse::parse(&mut raw.iter()) {
         Ok(ehlo) => Capabilities {
             starttls: ehlo.has_capability(EXT_START_TLS),
@@ -815,6 +845,36 @@ mod tests {
         server.write_all(&long).await.expect("write");
         let mut wire = Wire::new(client);
         assert!(matches!(wire.read_reply().await, Err(Kind::Protocol(_))));
+    }
+
+    /// Longer in all than the 4 KiB smtp-proto parses, each line short, arriving in
+    /// pieces that cut lines: read whole, the code and the capabilities kept.
+    #[tokio::test]
+    async fn a_reply_longer_than_4_kib_in_pieces_is_read_and_parsed() {
+        let mut ehlo = b"250-intake.test\r\n250-STARTTLS\r\n250-8BITMIME\r\n".to_vec();
+        for n in 0..120 {
+            ehlo.extend_from_slice(
+                format!("250-X-FILLER-{n:03} {}\r\n", "y".repeat(40)).as_bytes(),
+            );
+        }
+        ehlo.extend_from_slice(b"250 PIPELINING\r\n");
+        assert!(ehlo.len() > 6000);
+        let (client, mut server) = tokio::io::duplex(64);
+        let pieces = ehlo.clone();
+        let writer = tokio::spawn(async move {
+            for piece in pieces.chunks(333) {
+                server.write_all(piece).await.expect("write");
+            }
+            server
+        });
+        let mut wire = Wire::new(client);
+        let raw = wire.read_raw_reply().await.expect("a whole reply");
+        assert_eq!(raw, ehlo);
+        let reply = parse_reply(&raw).expect("parsed");
+        assert_eq!(reply.code, 250);
+        let caps = parse_ehlo(&raw);
+        assert!(caps.starttls && caps.eight_bit_mime, "{caps:?}");
+        drop(writer.await);
     }
 
     #[tokio::test]

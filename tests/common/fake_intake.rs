@@ -39,13 +39,17 @@ pub enum Step {
     Stall,
     /// Reply after a pause (a slow intake).
     Slow(Duration, u16, String),
+    /// Send these bytes exactly, one write each with a pause between: a reply split
+    /// across TCP segments, or more than a reply. The code is what the script acts
+    /// on (220 to STARTTLS starts TLS).
+    Raw(u16, Vec<Vec<u8>>),
 }
 
 impl Step {
     /// The reply code this step sends, if it sends one.
     fn code(&self) -> Option<u16> {
         match self {
-            Step::Reply(code, _) | Step::Slow(_, code, _) => Some(*code),
+            Step::Reply(code, _) | Step::Slow(_, code, _) | Step::Raw(code, _) => Some(*code),
             Step::Close | Step::Stall => None,
         }
     }
@@ -380,6 +384,17 @@ impl Session<'_> {
             Step::Stall => {
                 std::future::pending::<()>().await;
                 false
+            }
+            Step::Raw(_, pieces) => {
+                for piece in pieces {
+                    let sent = io.get_mut().write_all(&piece).await.is_ok()
+                        && io.get_mut().flush().await.is_ok();
+                    if !sent {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                true
             }
         }
     }
