@@ -10,18 +10,30 @@ use std::path::Path;
 
 use tokio::net::UnixListener;
 
-/// The socket file this process created, by device and inode.
-#[derive(Debug, Clone, Copy)]
+/// The socket file this process created: device, inode and change time (an inode
+/// number is reused at once by the next file created after a removal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BoundSocket {
     dev: u64,
     ino: u64,
+    ctime: (i64, i64),
+}
+
+impl BoundSocket {
+    fn of(meta: &std::fs::Metadata) -> BoundSocket {
+        BoundSocket {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 impl BoundSocket {
     /// Removes the socket at `path` if it is still ours (not replaced since).
     pub fn remove_if_unchanged(&self, path: &Path) {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if meta.file_type().is_socket() && meta.dev() == self.dev && meta.ino() == self.ino {
+            if meta.file_type().is_socket() && BoundSocket::of(&meta) == *self {
                 let _ = std::fs::remove_file(path);
             }
         }
@@ -38,11 +50,6 @@ pub fn bind(
     let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     remove_if_stale(path).map_err(|e| at(&e))?;
     let listener = UnixListener::bind(path).map_err(|e| at(&e))?;
-    let meta = std::fs::symlink_metadata(path).map_err(|e| at(&e))?;
-    let bound = BoundSocket {
-        dev: meta.dev(),
-        ino: meta.ino(),
-    };
     let given = match group {
         // Only a member of the group (or root) may give the socket to it.
         Some(gid) => std::os::unix::fs::lchown(path, None, Some(gid)).map_err(|e| {
@@ -57,10 +64,13 @@ pub fn bind(
             .map_err(|e| format!("cannot set its mode to {mode:04o}: {e}"))
     });
     if let Err(e) = given {
-        bound.remove_if_unchanged(path);
+        // Ours: bound a moment ago, and a live one is never replaced.
+        let _ = std::fs::remove_file(path);
         return Err(at(&e));
     }
-    Ok((listener, bound))
+    // After chown and chmod, which change the ctime.
+    let meta = std::fs::symlink_metadata(path).map_err(|e| at(&e))?;
+    Ok((listener, BoundSocket::of(&meta)))
 }
 
 /// A socket file nobody answers on is left from an earlier run: removed. One a process
@@ -122,6 +132,10 @@ mod tests {
 
         // Gone without removing its file: a stale socket, which the next bind replaces.
         drop(live);
+        // File times tick with the kernel's coarse clock (a jiffy): a daemon that
+        // replaces a socket within the same tick, with its inode number reused, is
+        // not told apart. A real restart takes far longer.
+        std::thread::sleep(std::time::Duration::from_millis(30));
         let (_again, second) = bind(&path, 0o640, None).expect("bind over a stale socket");
         let meta = std::fs::symlink_metadata(&path).expect("socket");
         assert_eq!(meta.mode() & 0o777, 0o640);

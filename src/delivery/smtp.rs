@@ -441,7 +441,12 @@ fn handshake_error(e: &std::io::Error) -> String {
         return inner.to_string();
     }
     match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => "connection closed during the TLS handshake".into(),
+        // What a server that speaks only TLS 1.0 or 1.1 does to our hello (OpenSSL
+        // without an alert): worth naming, as it is the likeliest cause.
+        std::io::ErrorKind::UnexpectedEof => {
+            "connection closed during the TLS handshake (does the server support TLS 1.2 or later?)"
+                .into()
+        }
         _ => e.to_string(),
     }
 }

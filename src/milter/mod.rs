@@ -292,7 +292,7 @@ async fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message
     let sender = policy::strip_brackets(&msg.sender);
     let mut refused: Option<String> = None;
     for job in jobs {
-        let mid = match shared.queue.next_mid() {
+        let mid = match shared.queue.next_mid().await {
             Ok(mid) => mid,
             Err(e) => {
                 refused = Some(journal_refused(shared, cx.queue_id, message_id, &e));

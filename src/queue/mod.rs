@@ -111,6 +111,26 @@ struct State {
     connections: HashMap<String, usize>,
     backoff: HashMap<String, Backoff>,
     bytes: u64,
+    /// Journals being written to the spool, and their bytes: they count against
+    /// queue.max_messages and queue.max_bytes from the check on, so that concurrent
+    /// ends of message cannot each pass the check and together overshoot.
+    reserved_journals: usize,
+    reserved_bytes: u64,
+}
+
+/// A place in the queue's bounds, held while a journal is spooled; given back when
+/// the journal is admitted (it then counts itself) or its spooling failed.
+struct Reservation<'a> {
+    shared: &'a Shared,
+    size: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.reserved_journals = state.reserved_journals.saturating_sub(1);
+        state.reserved_bytes = state.reserved_bytes.saturating_sub(self.size);
+    }
 }
 
 struct Shared {
@@ -251,11 +271,20 @@ impl Queue {
         }
     }
 
-    /// A MID unique for the life of the spool.
-    pub fn next_mid(&self) -> Result<u64, EnqueueError> {
-        self.shared
-            .spool
-            .allocate_mid()
+    /// A MID unique for the life of the spool. Off the async threads: once in a
+    /// block of MIDs this writes and fsyncs the counter, under a lock other ends of
+    /// message wait on.
+    pub async fn next_mid(&self) -> Result<u64, EnqueueError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.spool.allocate_mid())
+            .await
+            .map_err(|e| {
+                EnqueueError::Spool(SpoolError {
+                    what: "MID allocation failed for".into(),
+                    path: Default::default(),
+                    error: std::io::Error::other(e.to_string()),
+                })
+            })?
             .map_err(EnqueueError::Spool)
     }
 
@@ -271,21 +300,25 @@ impl Queue {
             return Err(EnqueueError::Closed);
         }
         let size = entry.message.len() as u64;
-        {
-            let state = shared.lock();
-            if state.journals.len() >= shared.limits.max_messages {
+        let _reserved = {
+            let mut state = shared.lock();
+            let journals = state.journals.len() + state.reserved_journals;
+            if journals >= shared.limits.max_messages {
                 return Err(EnqueueError::Full(format!(
-                    "{} journals waiting (queue.max_messages)",
-                    state.journals.len()
+                    "{journals} journals waiting (queue.max_messages)"
                 )));
             }
-            if state.bytes + size > shared.limits.max_bytes {
+            let bytes = state.bytes + state.reserved_bytes;
+            if bytes.saturating_add(size) > shared.limits.max_bytes {
                 return Err(EnqueueError::Full(format!(
-                    "{} bytes waiting, this journal has {size} (queue.max_bytes {})",
-                    state.bytes, shared.limits.max_bytes
+                    "{bytes} bytes waiting, this journal has {size} (queue.max_bytes {})",
+                    shared.limits.max_bytes
                 )));
             }
-        }
+            state.reserved_journals += 1;
+            state.reserved_bytes += size;
+            Reservation { shared, size }
+        };
         let spooled = SpoolEntry {
             mid: entry.mid,
             intake: entry.intake,
@@ -769,7 +802,7 @@ impl Drop for Held<'_> {
     }
 }
 
-async fn run_connection(shared: &Shared, domain: &str, slot: &mut Slot<'_>) {
+async fn run_connection(shared: &Arc<Shared>, domain: &str, slot: &mut Slot<'_>) {
     let Some((first, deadline)) = shared.take(domain) else {
         return;
     };
@@ -831,11 +864,21 @@ async fn run_connection(shared: &Shared, domain: &str, slot: &mut Slot<'_>) {
 }
 
 async fn load_job(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     entry: &SpoolEntry,
     deadline: Instant,
 ) -> Result<Job, SpoolError> {
-    let message = shared.spool.read_journal(entry)?;
+    // Off the async threads: a journal is up to journal.max_size on disk.
+    let message = {
+        let (shared, entry) = (shared.clone(), entry.clone());
+        tokio::task::spawn_blocking(move || shared.spool.read_journal(&entry))
+            .await
+            .map_err(|e| SpoolError {
+                what: "spool reader failed for".into(),
+                path: Default::default(),
+                error: std::io::Error::other(e.to_string()),
+            })??
+    };
     Ok(Job {
         mid: entry.mid,
         sender: entry.sender.clone(),
@@ -878,6 +921,59 @@ mod tests {
             original_message_id: String::new(),
         };
         queue.enqueue(entry).await.expect("enqueue");
+    }
+
+    /// 100 ends of message at once against room for 10: exactly 10 are spooled,
+    /// whether the bound is journals or bytes, and the refused ones leave no
+    /// reservation behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_enqueues_never_overshoot_the_bounds() {
+        let body = Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n");
+        for bound in ["max_messages: 10", "max_bytes: 200B"] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let yaml = format!(
+                "intake_address: i@intake.test\njournal:\n  sender: tdc@gw.test\nqueue:\n  spool_dir: {}\n  {bound}\n",
+                dir.path().display()
+            );
+            let settings =
+                Settings::from_yaml(&yaml, std::path::Path::new("t.yaml")).expect("settings");
+            let log = Log::memory();
+            let deliverer = Deliverer::new(&settings, log.clone()).expect("deliverer");
+            let (queue, _scheduler) =
+                open(&settings, deliverer, Arc::new(Stats::default()), log).expect("queue");
+            assert_eq!(body.len(), 20, "200 bytes hold 10 journals");
+            let tasks: Vec<_> = (1..=100)
+                .map(|mid| {
+                    let queue = queue.clone();
+                    let message = body.clone();
+                    tokio::spawn(async move {
+                        queue
+                            .enqueue(Entry {
+                                mid,
+                                sender: "tdc@gw.test".into(),
+                                intake: "i@intake.test".into(),
+                                message,
+                                eight_bit: false,
+                                queue_id: "Q1".into(),
+                                original_message_id: String::new(),
+                            })
+                            .await
+                    })
+                })
+                .collect();
+            let mut spooled = 0;
+            for task in tasks {
+                match task.await.expect("join") {
+                    Ok(()) => spooled += 1,
+                    Err(EnqueueError::Full(_)) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert_eq!(spooled, 10, "{bound}");
+            let state = queue.shared.lock();
+            assert_eq!(state.journals.len(), 10, "{bound}");
+            assert_eq!((state.reserved_journals, state.reserved_bytes), (0, 0));
+        }
     }
 
     fn finished(shared: &Shared, mid: u64) -> bool {
