@@ -144,6 +144,42 @@ impl<L: indymilter::Listener> indymilter::Listener for Resilient<L> {
     }
 }
 
+/// The accept loop of a socket that serves people and scrapers (metrics, control):
+/// errors backed off, connections past the limit closed at once.
+pub struct Gate {
+    backoff: Backoff,
+    limit: ConnectionLimit,
+}
+
+impl Gate {
+    pub fn new(socket: Socket, limit: usize, log: Log, stats: Arc<Stats>) -> Gate {
+        Gate {
+            backoff: Backoff::new(socket, log, stats.clone()),
+            limit: ConnectionLimit::new(socket, limit, stats),
+        }
+    }
+
+    /// The next connection with a free slot (held as long as the permit).
+    pub async fn next<T, F, Fut>(&mut self, mut accept: F) -> (T, OwnedSemaphorePermit)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = io::Result<T>>,
+    {
+        loop {
+            match accept().await {
+                Ok(connection) => {
+                    self.backoff.accepted();
+                    // Past the limit, dropping it closes it.
+                    if let Some(slot) = self.limit.admit() {
+                        return (connection, slot);
+                    }
+                }
+                Err(e) => tokio::time::sleep(self.backoff.failed(&e)).await,
+            }
+        }
+    }
+}
+
 /// A fixed number of connections served at once.
 #[derive(Clone)]
 pub struct ConnectionLimit {

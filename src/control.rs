@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
-use crate::accept::{Backoff, ConnectionLimit};
+use crate::accept::Gate;
 use crate::clock::now_secs as epoch_secs;
 use crate::queue::{Queue, QueueStatus, QUEUE_NAME};
 use crate::stats::{IntakeCounts, LastError, Snapshot};
@@ -213,23 +213,9 @@ pub async fn serve(
     log: Log,
     stats: Arc<Stats>,
 ) {
-    let limit = ConnectionLimit::new(Socket::Control, MAX_CONNECTIONS, stats.clone());
-    let mut backoff = Backoff::new(Socket::Control, log, stats);
+    let mut gate = Gate::new(Socket::Control, MAX_CONNECTIONS, log, stats);
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                backoff.accepted();
-                stream
-            }
-            Err(e) => {
-                tokio::time::sleep(backoff.failed(&e)).await;
-                continue;
-            }
-        };
-        let Some(slot) = limit.admit() else {
-            drop(stream);
-            continue;
-        };
+        let ((stream, _), slot) = gate.next(|| listener.accept()).await;
         let controller = controller.clone();
         tokio::spawn(async move {
             let _slot = slot;

@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
-use crate::accept::{Backoff, ConnectionLimit};
+use crate::accept::Gate;
 use crate::outcome::Outcome;
 use crate::queue::Queue;
 use crate::stats::{Socket, Stats};
@@ -290,23 +290,9 @@ const CONNECTION_TIME: Duration = Duration::from_secs(30);
 
 /// Serves `GET /metrics` until the task is aborted.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>, log: Log, stats: Arc<Stats>) {
-    let limit = ConnectionLimit::new(Socket::Metrics, MAX_CONNECTIONS, stats.clone());
-    let mut backoff = Backoff::new(Socket::Metrics, log, stats);
+    let mut gate = Gate::new(Socket::Metrics, MAX_CONNECTIONS, log, stats);
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                backoff.accepted();
-                stream
-            }
-            Err(e) => {
-                tokio::time::sleep(backoff.failed(&e)).await;
-                continue;
-            }
-        };
-        let Some(slot) = limit.admit() else {
-            drop(stream);
-            continue;
-        };
+        let ((stream, _), slot) = gate.next(|| listener.accept()).await;
         let registry = registry.clone();
         tokio::spawn(async move {
             let _slot = slot;

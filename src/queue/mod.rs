@@ -907,11 +907,8 @@ mod tests {
         queue.shared
     }
 
-    async fn enqueue(shared: &Arc<Shared>, mid: u64) {
-        let queue = Queue {
-            shared: shared.clone(),
-        };
-        let entry = Entry {
+    fn test_entry(mid: u64) -> Entry {
+        Entry {
             mid,
             sender: "tdc@gw.test".into(),
             intake: "i@intake.test".into(),
@@ -919,8 +916,14 @@ mod tests {
             eight_bit: false,
             queue_id: "Q1".into(),
             original_message_id: String::new(),
+        }
+    }
+
+    async fn enqueue(shared: &Arc<Shared>, mid: u64) {
+        let queue = Queue {
+            shared: shared.clone(),
         };
-        queue.enqueue(entry).await.expect("enqueue");
+        queue.enqueue(test_entry(mid)).await.expect("enqueue");
     }
 
     /// 100 ends of message at once against room for 10: exactly 10 are spooled,
@@ -928,7 +931,6 @@ mod tests {
     /// reservation behind.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_enqueues_never_overshoot_the_bounds() {
-        let body = Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n");
         for bound in ["max_messages: 10", "max_bytes: 200B"] {
             let dir = tempfile::tempdir().expect("tempdir");
             let yaml = format!(
@@ -941,24 +943,15 @@ mod tests {
             let deliverer = Deliverer::new(&settings, log.clone()).expect("deliverer");
             let (queue, _scheduler) =
                 open(&settings, deliverer, Arc::new(Stats::default()), log).expect("queue");
-            assert_eq!(body.len(), 20, "200 bytes hold 10 journals");
+            assert_eq!(
+                test_entry(1).message.len(),
+                20,
+                "200 bytes hold 10 journals"
+            );
             let tasks: Vec<_> = (1..=100)
                 .map(|mid| {
                     let queue = queue.clone();
-                    let message = body.clone();
-                    tokio::spawn(async move {
-                        queue
-                            .enqueue(Entry {
-                                mid,
-                                sender: "tdc@gw.test".into(),
-                                intake: "i@intake.test".into(),
-                                message,
-                                eight_bit: false,
-                                queue_id: "Q1".into(),
-                                original_message_id: String::new(),
-                            })
-                            .await
-                    })
+                    tokio::spawn(async move { queue.enqueue(test_entry(mid)).await })
                 })
                 .collect();
             let mut spooled = 0;
