@@ -894,8 +894,13 @@ mod tests {
     use super::*;
 
     fn shared(dir: &std::path::Path, lifetime_ms: u64) -> Arc<Shared> {
+        shared_with(dir, lifetime_ms, "")
+    }
+
+    /// `queue_line` is one more key of the `queue:` section.
+    fn shared_with(dir: &std::path::Path, lifetime_ms: u64, queue_line: &str) -> Arc<Shared> {
         let yaml = format!(
-            "intake_address: i@intake.test\njournal:\n  sender: tdc@gw.test\nqueue:\n  spool_dir: {}\ndelivery:\n  lifetime: {lifetime_ms}ms\n",
+            "intake_address: i@intake.test\njournal:\n  sender: tdc@gw.test\nqueue:\n  spool_dir: {}\n  {queue_line}\ndelivery:\n  lifetime: {lifetime_ms}ms\n",
             dir.display()
         );
         let settings =
@@ -933,16 +938,9 @@ mod tests {
     async fn concurrent_enqueues_never_overshoot_the_bounds() {
         for bound in ["max_messages: 10", "max_bytes: 200B"] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let yaml = format!(
-                "intake_address: i@intake.test\njournal:\n  sender: tdc@gw.test\nqueue:\n  spool_dir: {}\n  {bound}\n",
-                dir.path().display()
-            );
-            let settings =
-                Settings::from_yaml(&yaml, std::path::Path::new("t.yaml")).expect("settings");
-            let log = Log::memory();
-            let deliverer = Deliverer::new(&settings, log.clone()).expect("deliverer");
-            let (queue, _scheduler) =
-                open(&settings, deliverer, Arc::new(Stats::default()), log).expect("queue");
+            let queue = Queue {
+                shared: shared_with(dir.path(), 60_000, bound),
+            };
             assert_eq!(
                 test_entry(1).message.len(),
                 20,
