@@ -26,7 +26,8 @@ pub fn needed(settings: &Settings) -> u64 {
 /// unlimited).
 pub fn raise() -> Option<u64> {
     let limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum || (limit.maximum.is_none() && limit.current.is_some()) {
+    // The soft limit never exceeds the hard one (None: unlimited).
+    if limit.current != limit.maximum {
         let raised = Rlimit {
             current: limit.maximum,
             maximum: limit.maximum,

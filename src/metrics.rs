@@ -63,6 +63,22 @@ fn gauge(
     metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
 }
 
+/// One counter family with a value per label value.
+fn counters_by<'v>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'v str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let family = ConstCounter::new(0u64);
+    let mut metric = encoder.encode_descriptor(name, help, None, family.metric_type())?;
+    for (value, count) in values {
+        ConstCounter::new(count).encode(metric.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
 impl Collector for QueueCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.queue.0.stats();
@@ -192,53 +208,36 @@ impl Collector for QueueCollector {
             last_delivery as i64,
         )?;
         let messages = stats.messages();
-        let family = ConstCounter::new(0u64);
-        let mut metric = e.encode_descriptor(
+        counters_by(
+            e,
             "messages",
             "Messages at end of message by outcome: journaled, or the reason they were not.",
-            None,
-            family.metric_type(),
+            "outcome",
+            Outcome::ALL.map(|o| (o.label(), messages.get(o.label()).copied().unwrap_or(0))),
         )?;
-        for outcome in Outcome::ALL {
-            let labels = [("outcome", outcome.label())];
-            ConstCounter::new(messages.get(outcome.label()).copied().unwrap_or(0))
-                .encode(metric.encode_family(&labels)?)?;
-        }
         let failures = stats.failures();
-        let family = ConstCounter::new(0u64);
-        let mut metric = e.encode_descriptor(
+        counters_by(
+            e,
             "delivery_failures",
             "Failed delivery attempts by class of the retry table.",
-            None,
-            family.metric_type(),
+            "class",
+            ["tls", "permanent", "transient", "network"]
+                .map(|c| (c, failures.get(c).copied().unwrap_or(0))),
         )?;
-        for class in ["tls", "permanent", "transient", "network"] {
-            let labels = [("class", class)];
-            ConstCounter::new(failures.get(class).copied().unwrap_or(0))
-                .encode(metric.encode_family(&labels)?)?;
-        }
-        let family = ConstCounter::new(0u64);
-        let mut metric = e.encode_descriptor(
+        counters_by(
+            e,
             "accept_errors",
             "Failed accepts by socket (out of file descriptors, say); on the milter socket the MTA meanwhile applies its default_action.",
-            None,
-            family.metric_type(),
+            "socket",
+            Socket::ALL.map(|s| (s.label(), stats.accept_errors(s))),
         )?;
-        for socket in Socket::ALL {
-            ConstCounter::new(stats.accept_errors(socket))
-                .encode(metric.encode_family(&[("socket", socket.label())])?)?;
-        }
-        let family = ConstCounter::new(0u64);
-        let mut metric = e.encode_descriptor(
+        counters_by(
+            e,
             "connections_refused",
             "Connections to the metrics or control socket closed at once: its connection limit was reached.",
-            None,
-            family.metric_type(),
+            "socket",
+            [Socket::Metrics, Socket::Control].map(|s| (s.label(), stats.connections_refused(s))),
         )?;
-        for socket in [Socket::Metrics, Socket::Control] {
-            ConstCounter::new(stats.connections_refused(socket))
-                .encode(metric.encode_family(&[("socket", socket.label())])?)?;
-        }
         Ok(())
     }
 }
