@@ -9,6 +9,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config::Settings;
+use crate::delivery::cert_match::describe;
 use crate::delivery::{Deliverer, DeliveryError, FailureClass, Kind, Stage};
 use crate::tdclog::Log;
 
@@ -61,6 +62,10 @@ impl Report {
 fn certificate_words(detail: &str) -> String {
     if detail.contains("UnknownIssuer") || detail.contains("BadSignature") {
         "the certificate is not signed by a CA we trust (the system store, plus delivery.tls.ca_file if set)".into()
+    } else if detail.contains("not valid for the intake") {
+        format!(
+            "the certificate carries no name that delivery.tls.match accepts ({detail}); if this host really is the intake, add its name or domain to the list"
+        )
     } else if detail.contains("not valid for name") || detail.contains("NotValidForName") {
         format!("the certificate is not valid for the name we connected to ({detail})")
     } else if detail.contains("Expired") {
@@ -147,6 +152,31 @@ pub async fn probe(settings: &Settings, address: Option<&str>) -> Report {
         .map(|t| format!("{} ({})", t.tls_name, t.address))
         .collect();
     report.step("route", true, listed.join(", "));
+    let mut needed: Vec<String> = Vec::new();
+    for target in &targets {
+        if let Some(accepted) = deliverer.accepted_names(target) {
+            let names = format!("{}: {}", target.tls_name, describe(&accepted));
+            if !needed.contains(&names) {
+                needed.push(names);
+            }
+        }
+    }
+    if needed.is_empty() {
+        report.step(
+            "certificate names",
+            true,
+            "not checked: delivery.tls.verify is false",
+        );
+    } else {
+        report.step(
+            "certificate names",
+            true,
+            format!(
+                "a certificate must name one of (delivery.tls.match) {}",
+                needed.join("; ")
+            ),
+        );
+    }
 
     let mut last = String::from("no host to try");
     for (i, target) in targets.iter().enumerate() {
@@ -197,7 +227,7 @@ pub async fn probe(settings: &Settings, address: Option<&str>) -> Report {
             "TLS",
             true,
             format!(
-                "{} {}, certificate verified for {}; after STARTTLS the server offers {}",
+                "{} {}, certificate of {} verified; after STARTTLS the server offers {}",
                 session.tls_protocol,
                 session.tls_cipher,
                 target.tls_name,

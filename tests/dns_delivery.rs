@@ -1,12 +1,14 @@
 //! Delivery routed by DNS, end to end: the MX host found through the (fake) DNS gets
-//! the journal with its name verified, and a domain that does not exist gives the
-//! appliance's hard-bounce lines in the appliance's order.
+//! the journal when its certificate carries a name `delivery.tls.match` accepts (and
+//! not when a forged MX answer points elsewhere), and a domain that does not exist
+//! gives the appliance's hard-bounce lines in the appliance's order.
 
 mod common;
 
 use common::daemon::{settings_with, Daemon};
 use common::fake_dns::{Answer, FakeDns, RecordType, Zone};
 use common::fake_intake::{FakeIntake, IntakeScript};
+use common::pki::TestPki;
 use std::time::Duration;
 
 fn dns_settings(intake: &FakeIntake, dns: &FakeDns, ca: &std::path::Path) -> String {
@@ -20,26 +22,127 @@ fn dns_settings(intake: &FakeIntake, dns: &FakeDns, ca: &std::path::Path) -> Str
     )
 }
 
-#[tokio::test]
-async fn the_journal_goes_to_the_mx_host_and_its_name_is_verified() {
+/// What became of one journal to global@intake.test, whose MX (in the fake DNS) is
+/// `mx`, served by an intake whose certificate, from a trusted CA, names exactly
+/// `cert_names`; `tls_match` is the `delivery.tls.match` list, if not the default.
+struct Outcome {
+    lines: Vec<String>,
+    delivered: usize,
+    hard_bounced: u64,
+}
+
+async fn journal_via_mx(mx: &str, cert_names: &[&str], tls_match: Option<&str>) -> Outcome {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (intake, ca) = common::start_intake(IntakeScript::default(), dir.path()).await;
+    let pki = TestPki::with_names(cert_names);
+    let ca = pki.write_ca_file(dir.path());
+    let intake = FakeIntake::start(IntakeScript::default().pki(pki)).await;
     let dns = FakeDns::start(
         Zone::new()
-            .mx("intake.test", &[(10, "mx1.intake.test")])
-            .ip("mx1.intake.test", &["127.0.0.1"]),
+            .mx("intake.test", &[(10, mx)])
+            .ip(mx, &["127.0.0.1"]),
     )
     .await;
-    let daemon = Daemon::start(&dns_settings(&intake, &dns, &ca), dir.path()).await;
+    let mut yaml = dns_settings(&intake, &dns, &ca);
+    if let Some(list) = tls_match {
+        let ca_key = format!("ca_file: \"{}\"", ca.display());
+        assert!(yaml.contains(&ca_key));
+        yaml = yaml.replace(&ca_key, &format!("{ca_key}, match: {list}"));
+    }
+    let daemon = Daemon::start(&yaml, dir.path()).await;
     daemon.journal("QDNS", "<bob@example.com>").await;
-    intake.wait_for_messages(1, Duration::from_secs(20)).await;
-    let lines = daemon.wait_for_log("successfully delivered", 1).await;
-    assert!(
-        lines.iter().any(|l| l.contains("TLS success protocol")),
-        "{lines:#?}"
-    );
-    daemon.stop().await;
+    daemon.wait_for_log("Message finished MID 1 done", 1).await;
+    let hard_bounced = daemon.stats.snapshot().hard_bounced;
+    let lines = daemon.stop().await;
+    let delivered = intake.messages().len();
     intake.shutdown().await;
+    Outcome {
+        lines,
+        delivered,
+        hard_bounced,
+    }
+}
+
+fn assert_delivered(outcome: &Outcome) {
+    assert_eq!(outcome.delivered, 1, "{:#?}", outcome.lines);
+    assert!(
+        outcome
+            .lines
+            .iter()
+            .any(|l| l.contains("successfully delivered")),
+        "{:#?}",
+        outcome.lines
+    );
+}
+
+fn assert_refused(outcome: &Outcome, why: &str) {
+    assert_eq!(outcome.delivered, 0, "{:#?}", outcome.lines);
+    assert_eq!(outcome.hard_bounced, 1, "a TLS failure is a hard bounce");
+    common::assert_tls_error(&outcome.lines, why);
+}
+
+#[tokio::test]
+async fn the_journal_goes_to_an_mx_host_below_the_intake_domain() {
+    // dot-nexthop: the certificate names the MX host only, which lies below intake.test.
+    let outcome = journal_via_mx("mx1.intake.test", &["mx1.intake.test"], None).await;
+    assert_delivered(&outcome);
+    assert!(
+        outcome
+            .lines
+            .iter()
+            .any(|l| l.contains("TLS success protocol")),
+        "{:#?}",
+        outcome.lines
+    );
+}
+
+/// Whoever forges the MX answer points it at a host of his own, with a certificate
+/// that a trusted CA issued for that host's name. The default list does not accept
+/// it: not one journal goes there, and the log names both sides.
+#[tokio::test]
+async fn a_forged_mx_answer_does_not_take_the_journals() {
+    let outcome = journal_via_mx("evil.test", &["evil.test"], None).await;
+    assert_refused(
+        &outcome,
+        "invalid peer certificate: certificate not valid for the intake: it names evil.test; \
+         delivery.tls.match accepts intake.test, any name under .intake.test, any name under .cisco.com",
+    );
+}
+
+#[tokio::test]
+async fn hostname_trusts_the_mx_answer_when_the_list_asks_for_it() {
+    let outcome = journal_via_mx("evil.test", &["evil.test"], Some("[hostname]")).await;
+    assert_delivered(&outcome);
+}
+
+#[tokio::test]
+async fn nexthop_alone_refuses_a_certificate_for_a_host_below() {
+    let outcome = journal_via_mx("mx1.intake.test", &["mx1.intake.test"], Some("[nexthop]")).await;
+    assert_refused(
+        &outcome,
+        "it names mx1.intake.test; delivery.tls.match accepts intake.test",
+    );
+}
+
+#[tokio::test]
+async fn a_listed_domain_accepts_the_mx_hosts_below_it() {
+    // As SETD's own hosts lie outside the intake address's domain.
+    let outcome = journal_via_mx(
+        "mx.eu.etd.example",
+        &["*.eu.etd.example"],
+        Some("[nexthop, \".etd.example\"]"),
+    )
+    .await;
+    assert_delivered(&outcome);
+    let outcome = journal_via_mx(
+        "mx.eu.etd.example",
+        &["*.eu.etd.example"],
+        Some("[nexthop, mx.us.etd.example]"),
+    )
+    .await;
+    assert_refused(
+        &outcome,
+        "it names *.eu.etd.example; delivery.tls.match accepts intake.test, mx.us.etd.example",
+    );
 }
 
 #[tokio::test]

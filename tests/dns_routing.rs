@@ -41,10 +41,12 @@ async fn fails(zone: Zone, domain: &str) -> (FakeDns, DeliveryError) {
     (dns, e)
 }
 
-fn target(address: &str, tls_name: &str) -> Target {
+/// A target found for `nexthop` (the intake domain, or a static route's own host).
+fn target(address: &str, tls_name: &str, nexthop: &str) -> Target {
     Target {
         address: address.parse::<SocketAddr>().expect("socket address"),
         tls_name: tls_name.to_string(),
+        nexthop: nexthop.to_string(),
     }
 }
 
@@ -80,9 +82,9 @@ async fn mx_hosts_in_preference_order_each_with_its_addresses() {
     assert_eq!(
         targets,
         vec![
-            target("127.0.0.1:25", "mx1.intake.test"),
-            target("127.0.0.2:25", "mx1.intake.test"),
-            target("127.0.0.3:25", "mx2.intake.test"),
+            target("127.0.0.1:25", "mx1.intake.test", "intake.test"),
+            target("127.0.0.2:25", "mx1.intake.test", "intake.test"),
+            target("127.0.0.3:25", "mx2.intake.test", "intake.test"),
         ]
     );
     assert_eq!(dns.count("intake.test", RecordType::MX), 1);
@@ -97,7 +99,10 @@ async fn mx_hosts_in_preference_order_each_with_its_addresses() {
 async fn no_mx_means_the_domain_itself_is_the_mail_host() {
     let zone = Zone::new().ip("nomx.test", &["127.0.0.5"]);
     let (dns, targets) = resolves(zone, "nomx.test").await;
-    assert_eq!(targets, vec![target("127.0.0.5:25", "nomx.test")]);
+    assert_eq!(
+        targets,
+        vec![target("127.0.0.5:25", "nomx.test", "nomx.test")]
+    );
     assert_eq!(dns.count("nomx.test", RecordType::MX), 1);
     assert_eq!(dns.count("nomx.test", RecordType::A), 1);
 }
@@ -185,7 +190,10 @@ async fn mx_host_without_address_falls_back_to_the_next_mx() {
         )
         .ip("mx2.intake.test", &["127.0.0.3"]);
     let (dns, targets) = resolves(zone, "intake.test").await;
-    assert_eq!(targets, vec![target("127.0.0.3:25", "mx2.intake.test")]);
+    assert_eq!(
+        targets,
+        vec![target("127.0.0.3:25", "mx2.intake.test", "intake.test")]
+    );
     assert_eq!(dns.count("mx1.intake.test", RecordType::A), 1);
 }
 
@@ -200,7 +208,10 @@ async fn mx_host_whose_lookup_fails_falls_back_to_the_next_mx() {
         .answer("mx1.intake.test", RecordType::AAAA, Answer::ServFail)
         .ip("mx2.intake.test", &["127.0.0.3"]);
     let (_dns, targets) = resolves(zone, "intake.test").await;
-    assert_eq!(targets, vec![target("127.0.0.3:25", "mx2.intake.test")]);
+    assert_eq!(
+        targets,
+        vec![target("127.0.0.3:25", "mx2.intake.test", "intake.test")]
+    );
 }
 
 #[tokio::test]
@@ -234,7 +245,10 @@ async fn aaaa_only_mx_host_gives_an_ipv6_target() {
         .mx("intake.test", &[(10, "mx6.intake.test")])
         .ip("mx6.intake.test", &["::1"]);
     let (_dns, targets) = resolves(zone, "intake.test").await;
-    assert_eq!(targets, vec![target("[::1]:25", "mx6.intake.test")]);
+    assert_eq!(
+        targets,
+        vec![target("[::1]:25", "mx6.intake.test", "intake.test")]
+    );
 }
 
 #[tokio::test]
@@ -246,8 +260,8 @@ async fn dual_stack_mx_host_gives_both_families_ipv4_first() {
     assert_eq!(
         targets,
         vec![
-            target("127.0.0.1:25", "mx.intake.test"),
-            target("[::1]:25", "mx.intake.test"),
+            target("127.0.0.1:25", "mx.intake.test", "intake.test"),
+            target("[::1]:25", "mx.intake.test", "intake.test"),
         ]
     );
 }
@@ -278,10 +292,10 @@ async fn static_route_resolves_host_names_and_keeps_ips() {
     assert_eq!(
         targets,
         vec![
-            target("127.0.0.7:2525", "relay.test"),
-            target("[::1]:2525", "relay.test"),
-            target("127.0.0.9:25", "127.0.0.9"),
-            target("[::1]:2626", "::1"),
+            target("127.0.0.7:2525", "relay.test", "relay.test"),
+            target("[::1]:2525", "relay.test", "relay.test"),
+            target("127.0.0.9:25", "127.0.0.9", "127.0.0.9"),
+            target("[::1]:2626", "::1", "::1"),
         ]
     );
     // No MX lookup with a static route, and IPs are not looked up.
@@ -314,7 +328,10 @@ async fn static_route_with_an_unresolvable_name_uses_the_others() {
         .targets("intake.test")
         .await
         .expect("targets");
-    assert_eq!(targets, vec![target("127.0.0.9:25", "127.0.0.9")]);
+    assert_eq!(
+        targets,
+        vec![target("127.0.0.9:25", "127.0.0.9", "127.0.0.9")]
+    );
 
     let only_gone = Route::Static(vec![HostPort {
         host: "gone.test".into(),

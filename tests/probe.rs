@@ -49,6 +49,13 @@ async fn a_healthy_intake_would_accept_and_gets_no_message() {
     );
     assert!(text.contains("[ ok ] TLS: TLSv1.3 TLS_"), "{text}");
     assert!(
+        text.contains(
+            "[ ok ] certificate names: a certificate must name one of (delivery.tls.match) \
+             127.0.0.1: 127.0.0.1, any name under .cisco.com\n"
+        ),
+        "{text}"
+    );
+    assert!(
         text.contains("[ ok ] RCPT TO: <global@intake.test>: 250"),
         "{text}"
     );
@@ -104,7 +111,12 @@ async fn a_certificate_for_another_name_is_explained() {
         None,
     )
     .await;
-    assert_refused(&report, "not valid for the name we connected to", "");
+    assert_refused(
+        &report,
+        "carries no name that delivery.tls.match accepts (invalid peer certificate: \
+         certificate not valid for the intake: it names wrong.example;",
+        "",
+    );
     intake.shutdown().await;
 }
 

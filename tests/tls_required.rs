@@ -73,7 +73,11 @@ async fn certificate_for_another_name_is_a_tls_error() {
     let ca = pki.write_ca_file(dir.path());
     let intake = FakeIntake::start(IntakeScript::default().pki(pki)).await;
     let lines = journal_one(&intake, ca, dir.path()).await;
-    assert_tls_error(&lines, "certificate not valid for name \"127.0.0.1\"");
+    assert_tls_error(
+        &lines,
+        "invalid peer certificate: certificate not valid for the intake: it names wrong.example; \
+         delivery.tls.match accepts 127.0.0.1, any name under .cisco.com",
+    );
     assert!(intake.messages().is_empty());
     intake.shutdown().await;
 }

@@ -16,15 +16,15 @@ use serde_saphyr::{DuplicateKeyPolicy, Error as YamlError, Location, Spanned};
 
 use super::units::{parse_duration, parse_size};
 use super::values::{
-    check_header_name, normalise_address, parse_host_port, parse_network, parse_pattern,
-    parse_socket_mode, parse_socket_spec,
+    check_header_name, normalise_address, parse_cert_match, parse_host_port, parse_network,
+    parse_pattern, parse_socket_mode, parse_socket_spec,
 };
 use super::yaml_path::{node_at, Node};
 use super::Level;
 use super::{
-    CheckSettings, Connector, ControlSettings, DeliverySettings, HeaderVerdict, IncomingSettings,
-    JournalSettings, MetricsSettings, MilterSettings, Policy, QueueSettings, ResolverSpec, Route,
-    Settings, TlsSettings, TrackingSettings, DEFAULT_POLICY,
+    CertMatch, CheckSettings, Connector, ControlSettings, DeliverySettings, HeaderVerdict,
+    IncomingSettings, JournalSettings, MetricsSettings, MilterSettings, Policy, QueueSettings,
+    ResolverSpec, Route, Settings, TlsSettings, TrackingSettings, DEFAULT_POLICY,
 };
 
 const DEFAULT_LISTEN: &str = "inet:127.0.0.1:8895";
@@ -273,6 +273,8 @@ struct RawDelivery {
 struct RawTls {
     verify: Option<bool>,
     ca_file: Option<Spanned<String>>,
+    #[serde(rename = "match")]
+    cert_match: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -1090,9 +1092,29 @@ impl Loader<'_> {
                 Some(resolved)
             }
         };
+        let cert_match = match &raw.cert_match {
+            None => CertMatch::defaults(),
+            Some(list) if list.value.is_empty() => {
+                return Err(self.bad(
+                    list,
+                    "delivery.tls.match",
+                    "the list is empty, so no certificate could ever be accepted; leave it out for the default",
+                ))
+            }
+            Some(list) => list
+                .value
+                .iter()
+                .enumerate()
+                .map(|(i, entry)| {
+                    parse_cert_match(&entry.value)
+                        .map_err(|e| self.bad(entry, &format!("delivery.tls.match[{i}]"), e))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         Ok(TlsSettings {
             verify: raw.verify.unwrap_or(true),
             ca_file,
+            cert_match,
         })
     }
 

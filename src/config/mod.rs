@@ -230,6 +230,51 @@ pub struct TlsSettings {
     pub verify: bool,
     /// Extra trust anchors (PEM), added to the system roots.
     pub ca_file: Option<PathBuf>,
+    /// `delivery.tls.match`: the names an intake certificate may carry; one is enough.
+    pub cert_match: Vec<CertMatch>,
+}
+
+/// One entry of `delivery.tls.match`, after Postfix's `smtp_tls_secure_cert_match`.
+/// What each trusts is in `docs/SECURITY.md` ("Whose certificate is the intake's").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertMatch {
+    /// The destination itself: the intake address's domain when routed by DNS, the
+    /// listed host with a static route.
+    Nexthop,
+    /// Any name below the destination (`mx1.intake.example` for `intake.example`).
+    DotNexthop,
+    /// The host connected to: an MX host name from DNS. Only as trustworthy as the DNS
+    /// answer that named it.
+    Hostname,
+    /// Exactly this host name (or IP address).
+    Name(String),
+    /// Any name below this domain (written `.cisco.com`, stored without the dot).
+    Under(String),
+}
+
+impl CertMatch {
+    /// The default list: the intake domain, names below it, and names below
+    /// cisco.com, where SETD's own mail hosts live even when the intake address's
+    /// domain is another one (`docs/SECURITY.md` says why).
+    pub fn defaults() -> Vec<CertMatch> {
+        vec![
+            CertMatch::Nexthop,
+            CertMatch::DotNexthop,
+            CertMatch::Under("cisco.com".into()),
+        ]
+    }
+}
+
+impl std::fmt::Display for CertMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertMatch::Nexthop => f.write_str("nexthop"),
+            CertMatch::DotNexthop => f.write_str("dot-nexthop"),
+            CertMatch::Hostname => f.write_str("hostname"),
+            CertMatch::Name(name) => f.write_str(name),
+            CertMatch::Under(domain) => write!(f, ".{domain}"),
+        }
+    }
 }
 
 /// One incoming mail policy. It matches a recipient when both its recipient and its

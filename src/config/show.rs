@@ -112,6 +112,10 @@ pub fn values(s: &Settings) -> Vec<(String, String)> {
                 .as_ref()
                 .map_or("null".into(), |p| p.display().to_string()),
         ),
+        (
+            "delivery.tls.match",
+            list(d.tls.cert_match.iter().map(|m| m.to_string())),
+        ),
         ("delivery.lifetime", duration(d.lifetime)),
         ("delivery.retry_delay", duration(d.retry_delay)),
         ("delivery.shutdown_grace", duration(d.shutdown_grace)),

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use super::{HostPort, Pattern, SocketSpec};
+use super::{CertMatch, HostPort, Pattern, SocketSpec};
 
 /// Characters allowed in an unquoted local part besides letters and digits (RFC 5322 atext).
 const ATEXT_SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~";
@@ -232,6 +232,45 @@ pub(crate) fn parse_pattern(text: &str) -> Result<Pattern, String> {
         }),
         None => normalise_domain(text).map(Pattern::Domain).map_err(wrap),
     }
+}
+
+/// One entry of `delivery.tls.match`: `nexthop`, `dot-nexthop`, `hostname`, a host
+/// name or IP address, or `.domain` for any name below it. A word without a dot is
+/// refused (a typo of a keyword would otherwise silently become a host name), and so is
+/// a suffix of a single label (`.com` would accept any certificate under the TLD).
+pub(crate) fn parse_cert_match(text: &str) -> Result<CertMatch, String> {
+    let text = text.trim();
+    let lower = text.to_ascii_lowercase();
+    match lower.as_str() {
+        "nexthop" => return Ok(CertMatch::Nexthop),
+        "dot-nexthop" => return Ok(CertMatch::DotNexthop),
+        "hostname" => return Ok(CertMatch::Hostname),
+        "" => return Err("the entry is empty".to_string()),
+        _ => {}
+    }
+    let unbracketed = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    if let Ok(ip) = unbracketed.parse::<std::net::IpAddr>() {
+        return Ok(CertMatch::Name(ip.to_string()));
+    }
+    if let Some(parent) = text.strip_prefix('.') {
+        let domain = normalise_domain(parent).map_err(|e| format!("'{text}': {e}"))?;
+        if !domain.contains('.') {
+            return Err(format!(
+                "'{text}' is too broad: it would accept a certificate for any name under a top-level domain"
+            ));
+        }
+        return Ok(CertMatch::Under(domain));
+    }
+    let name = normalise_domain(text).map_err(|e| format!("'{text}': {e}"))?;
+    if !name.contains('.') {
+        return Err(format!(
+            "'{text}' is neither nexthop, dot-nexthop, hostname, a host name with a dot, nor .domain"
+        ));
+    }
+    Ok(CertMatch::Name(name))
 }
 
 /// A header field name (RFC 5322): printable ASCII without spaces or ':'.
@@ -488,6 +527,34 @@ mod tests {
             "x@y@",
         ] {
             assert!(parse_pattern(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn certificate_match_entries() {
+        for (text, want) in [
+            ("nexthop", CertMatch::Nexthop),
+            (" Dot-Nexthop ", CertMatch::DotNexthop),
+            ("hostname", CertMatch::Hostname),
+            (
+                "MX.US.etd.cisco.com.",
+                CertMatch::Name("mx.us.etd.cisco.com".into()),
+            ),
+            (".Cisco.COM", CertMatch::Under("cisco.com".into())),
+            ("192.0.2.7", CertMatch::Name("192.0.2.7".into())),
+            ("[2001:db8::25]", CertMatch::Name("2001:db8::25".into())),
+        ] {
+            assert_eq!(parse_cert_match(text), Ok(want), "{text}");
+        }
+        for (text, why) in [
+            ("", "empty"),
+            ("nexthopp", "neither nexthop"),
+            (".com", "too broad"),
+            ("..cisco.com", "empty label"),
+            ("bad name.example", "contains ' '"),
+        ] {
+            let err = parse_cert_match(text).expect_err(text);
+            assert!(err.contains(why), "{text}: {err}");
         }
     }
 

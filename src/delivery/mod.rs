@@ -1,6 +1,7 @@
 //! Delivery to the intake: routing, the SMTP session with mandatory STARTTLS, and
 //! the classification of failures. Workers deliver and report; the queue decides.
 
+pub mod cert_match;
 pub mod error;
 pub mod route;
 pub mod smtp;
@@ -11,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 
 pub use error::{DeliveryError, FailureClass, Kind, Reply, Stage};
 
@@ -38,7 +38,7 @@ pub struct Job {
 /// Everything a delivery needs, built once from the settings.
 pub struct Deliverer {
     router: Router,
-    connector: TlsConnector,
+    tls: tls::TlsClient,
     helo_name: String,
     timeouts: Timeouts,
     next_dcid: AtomicU64,
@@ -47,7 +47,7 @@ pub struct Deliverer {
 
 impl Deliverer {
     pub fn new(settings: &Settings, log: Log) -> Result<Deliverer, String> {
-        let tls = tls::client_config(&settings.delivery.tls).map_err(|e| e.to_string())?;
+        let tls = tls::TlsClient::new(&settings.delivery.tls).map_err(|e| e.to_string())?;
         let router = Router::new(
             settings.delivery.route.clone(),
             &settings.delivery.resolver,
@@ -55,7 +55,7 @@ impl Deliverer {
         )?;
         Ok(Deliverer {
             router,
-            connector: smtp::connector(tls),
+            tls,
             helo_name: helo_name(&settings.journal.sender),
             timeouts: Timeouts::default(),
             next_dcid: AtomicU64::new(1),
@@ -68,6 +68,11 @@ impl Deliverer {
         self.router.targets(domain).await
     }
 
+    /// The names a certificate of `target` must carry (`None`: verification is off).
+    pub fn accepted_names(&self, target: &Target) -> Option<Vec<cert_match::Accepted>> {
+        self.tls.accepted(&target.nexthop, &target.tls_name)
+    }
+
     /// One session to one target: connect, greeting, EHLO, STARTTLS, EHLO.
     pub async fn open(
         &self,
@@ -77,7 +82,7 @@ impl Deliverer {
     ) -> Result<smtp::Session, smtp::OpenError> {
         let dialer = smtp::Dialer {
             helo_name: &self.helo_name,
-            connector: &self.connector,
+            tls: &self.tls,
             timeouts: self.timeouts,
             log: &self.log,
         };

@@ -50,11 +50,15 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 /// at most 2 × [`DNS_TIMEOUT`] per lookup. UDP queries are also resent within a round.
 const DNS_RETRIES: usize = 1;
 
-/// One address to try, and the name its certificate must carry.
+/// One address to try, the host name it was found under, and the destination it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub address: SocketAddr,
+    /// The host connected to: an MX host (from DNS), or the host of a static route.
     pub tls_name: String,
+    /// The destination the route was asked for: the intake address's domain, or for a
+    /// static route the listed host. `delivery.tls.match`'s `nexthop` is this name.
+    pub nexthop: String,
 }
 
 pub struct Router {
@@ -111,14 +115,14 @@ impl Router {
                         Ok(ip) => Ok(vec![ip]),
                         Err(_) => self.addresses(name).await,
                     };
-                    found.add(addresses, port, name);
+                    found.add(addresses, port, name, name);
                 }
                 found.finish("the static route")
             }
             Route::Dns => {
                 for host in self.mail_hosts(domain).await? {
                     let addresses = self.addresses(&host).await;
-                    found.add(addresses, self.port, &host);
+                    found.add(addresses, self.port, &host, domain);
                 }
                 found.finish(domain)
             }
@@ -217,13 +221,20 @@ struct Found {
 }
 
 impl Found {
-    fn add(&mut self, addresses: Result<Vec<IpAddr>, DeliveryError>, port: u16, tls_name: &str) {
+    fn add(
+        &mut self,
+        addresses: Result<Vec<IpAddr>, DeliveryError>,
+        port: u16,
+        tls_name: &str,
+        nexthop: &str,
+    ) {
         match addresses {
             Ok(ips) => {
                 for ip in ips {
                     let target = Target {
                         address: SocketAddr::new(ip, port),
                         tls_name: tls_name.to_string(),
+                        nexthop: nexthop.to_string(),
                     };
                     if !self.targets.contains(&target) {
                         self.targets.push(target);
@@ -367,21 +378,42 @@ mod tests {
     #[test]
     fn a_temporary_failure_wins_over_permanent_ones() {
         let mut found = Found::default();
-        found.add(Err(permanent("mx1.test", "A", "NXDomain")), 25, "mx1.test");
+        found.add(
+            Err(permanent("mx1.test", "A", "NXDomain")),
+            25,
+            "mx1.test",
+            "x.test",
+        );
         found.add(
             Err(error(Kind::DnsTemporary("mx2.test A - ServFail".into()))),
             25,
             "mx2.test",
+            "x.test",
         );
-        found.add(Err(permanent("mx3.test", "A", "NoData")), 25, "mx3.test");
+        found.add(
+            Err(permanent("mx3.test", "A", "NoData")),
+            25,
+            "mx3.test",
+            "x.test",
+        );
         assert_eq!(
             found.finish("x.test"),
             Err(error(Kind::DnsTemporary("mx2.test A - ServFail".into())))
         );
 
         let mut found = Found::default();
-        found.add(Err(permanent("mx1.test", "A", "NXDomain")), 25, "mx1.test");
-        found.add(Err(permanent("mx2.test", "A", "NoData")), 25, "mx2.test");
+        found.add(
+            Err(permanent("mx1.test", "A", "NXDomain")),
+            25,
+            "mx1.test",
+            "x.test",
+        );
+        found.add(
+            Err(permanent("mx2.test", "A", "NoData")),
+            25,
+            "mx2.test",
+            "x.test",
+        );
         assert_eq!(
             found.finish("x.test"),
             Err(permanent("mx2.test", "A", "NoData"))

@@ -5,7 +5,6 @@
 //! whole life so pipelined replies are never lost.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use smtp_proto::response::parser::ResponseReceiver;
@@ -14,7 +13,6 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 use super::error::{DeliveryError, Kind, Reply, Stage};
 use super::route::Target;
@@ -294,7 +292,7 @@ pub struct OpenError {
 /// What every session to the intake is opened with.
 pub struct Dialer<'a> {
     pub helo_name: &'a str,
-    pub connector: &'a TlsConnector,
+    pub tls: &'a super::tls::TlsClient,
     pub timeouts: Timeouts,
     pub log: &'a Log,
 }
@@ -332,7 +330,7 @@ impl Dialer<'_> {
     ) -> Result<Session, DeliveryError> {
         let Dialer {
             helo_name,
-            connector,
+            tls: tls_client,
             timeouts,
             log,
         } = *self;
@@ -389,6 +387,7 @@ impl Dialer<'_> {
                 )),
             ));
         };
+        let connector = tls_client.connector(&target.nexthop, &target.tls_name);
         let stream = staged(Stage::TlsHandshake, timeouts.command, deadline, async {
             connector
                 .connect(name, tcp)
@@ -438,6 +437,9 @@ fn route_source(peer: SocketAddr) -> Option<IpAddr> {
 /// A handshake failure in words: the rustls error when there is one, EOF otherwise.
 fn handshake_error(e: &std::io::Error) -> String {
     if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        if let Some(ours) = super::cert_match::not_the_intake(inner) {
+            return format!("invalid peer certificate: {ours}");
+        }
         return inner.to_string();
     }
     match e.kind() {
@@ -656,11 +658,6 @@ pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(b".\r\n");
     out
-}
-
-/// Shared TLS connector, built once from the settings.
-pub fn connector(config: Arc<rustls::ClientConfig>) -> TlsConnector {
-    TlsConnector::from(config)
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! The TLS client configuration for the intake: TLS 1.2 or 1.3 only, the ring provider
-//! chosen explicitly, system roots plus the configured CA file.
+//! chosen explicitly, system roots plus the configured CA file, and the certificate
+//! names of `delivery.tls.match` (see [`super::cert_match`]).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -11,7 +13,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CipherSuite, ClientConfig, DigitallySignedStruct, ProtocolVersion, RootCertStore};
 
-use crate::config::TlsSettings;
+use tokio_rustls::TlsConnector;
+
+use super::cert_match::{accepted_names, Accepted, MatchingVerifier};
+use crate::config::{CertMatch, TlsSettings};
 
 #[derive(Debug)]
 pub enum TlsConfigError {
@@ -43,23 +48,102 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the client configuration. Versions below 1.2 are not implemented by rustls at
-/// all, so "TLS ≥ 1.2" holds by construction; we still name both versions explicitly.
-pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, TlsConfigError> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(TlsConfigError::Rustls)?;
-    let config = if settings.verify {
-        builder
-            .with_root_certificates(root_store(settings.ca_file.as_deref())?)
-            .with_no_client_auth()
-    } else {
-        builder
+/// The TLS client side of every session to the intake. With verification on, each
+/// (destination, host) pair gets its own configuration, whose verifier accepts exactly
+/// the names `delivery.tls.match` gives for it; the pair's configuration is kept, so
+/// TLS session resumption (which rustls allows only with the same verifier) still
+/// works between connections to the same host.
+pub struct TlsClient {
+    template: Arc<ClientConfig>,
+    check: Option<NameCheck>,
+}
+
+struct NameCheck {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    rules: Vec<CertMatch>,
+    configs: Mutex<HashMap<(String, String), Arc<ClientConfig>>>,
+}
+
+/// More (destination, host) pairs than any route has; past it the kept configurations
+/// are dropped and built again, so a DNS answer that keeps changing cannot grow memory.
+const KEPT_CONFIGS: usize = 256;
+
+impl TlsClient {
+    /// Versions below 1.2 are not implemented by rustls at all, so "TLS ≥ 1.2" holds by
+    /// construction; we still name both versions explicitly.
+    pub fn new(settings: &TlsSettings) -> Result<TlsClient, TlsConfigError> {
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(TlsConfigError::Rustls)?;
+        if !settings.verify {
+            let config = builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
+                .with_no_client_auth();
+            return Ok(TlsClient {
+                template: Arc::new(config),
+                check: None,
+            });
+        }
+        let roots = Arc::new(root_store(settings.ca_file.as_deref())?);
+        let check = NameCheck {
+            roots: roots.clone(),
+            provider: provider(),
+            rules: settings.cert_match.clone(),
+            configs: Mutex::new(HashMap::new()),
+        };
+        // The template's verifier accepts no name: only the per-pair copies are used.
+        let config = builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
-            .with_no_client_auth()
-    };
-    Ok(Arc::new(config))
+            .with_custom_certificate_verifier(Arc::new(MatchingVerifier::new(
+                roots,
+                provider(),
+                Vec::new(),
+            )))
+            .with_no_client_auth();
+        Ok(TlsClient {
+            template: Arc::new(config),
+            check: Some(check),
+        })
+    }
+
+    /// The names a certificate must carry for this destination and host; `None` when
+    /// verification is off.
+    pub fn accepted(&self, nexthop: &str, hostname: &str) -> Option<Vec<Accepted>> {
+        self.check
+            .as_ref()
+            .map(|c| accepted_names(&c.rules, nexthop, hostname))
+    }
+
+    /// The connector for one session to `hostname`, routed for `nexthop`.
+    pub fn connector(&self, nexthop: &str, hostname: &str) -> TlsConnector {
+        let Some(check) = &self.check else {
+            return TlsConnector::from(self.template.clone());
+        };
+        let key = (nexthop.to_ascii_lowercase(), hostname.to_ascii_lowercase());
+        let mut configs = check
+            .configs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(config) = configs.get(&key) {
+            return TlsConnector::from(config.clone());
+        }
+        if configs.len() >= KEPT_CONFIGS {
+            configs.clear();
+        }
+        let mut config = (*self.template).clone();
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(MatchingVerifier::new(
+                check.roots.clone(),
+                check.provider.clone(),
+                accepted_names(&check.rules, nexthop, hostname),
+            )));
+        let config = Arc::new(config);
+        configs.insert(key, config.clone());
+        TlsConnector::from(config)
+    }
 }
 
 fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsConfigError> {
@@ -93,8 +177,8 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsConfigError> {
     Ok(roots)
 }
 
-/// The name to verify the intake's certificate against: the MX host name, or the host
-/// as written in a static route (an IP address verifies against an IP SAN).
+/// The name sent as SNI: the MX host name, or the host as written in a static route.
+/// Which certificate names are accepted is decided by [`TlsClient::accepted`].
 pub fn server_name(host: &str) -> Option<ServerName<'static>> {
     let host = host.trim_end_matches('.');
     let host = host
@@ -226,8 +310,11 @@ mod tests {
         let settings = TlsSettings {
             verify: true,
             ca_file: Some("/nonexistent/ca.pem".into()),
+            cert_match: CertMatch::defaults(),
         };
-        let err = client_config(&settings).expect_err("must fail");
+        let Err(err) = TlsClient::new(&settings) else {
+            panic!("must fail")
+        };
         assert!(err
             .to_string()
             .starts_with("cannot read CA certificates from /nonexistent/ca.pem"));

@@ -75,8 +75,16 @@ pub(super) fn overlay(
         [sender, client_ip_header, max_size, not_clean]
     );
     if let Some(mut delivery) = over.delivery {
-        let tls = delivery.tls.take();
+        let mut tls = delivery.tls.take();
         let base_delivery = base.delivery.get_or_insert_with(Default::default);
+        // `match` is a Rust keyword, so the field has another name than the key.
+        if let Some(cert_match) = tls.as_mut().and_then(|t| t.cert_match.take()) {
+            base_delivery
+                .tls
+                .get_or_insert_with(Default::default)
+                .cert_match = Some(cert_match);
+            origins.insert("delivery.tls.match".into(), (level, file));
+        }
         overlay_section!(
             base_delivery.tls,
             tls,

@@ -67,7 +67,7 @@ delivery:
   route: ["127.0.0.1:2526", "Relay.Example", "[::1]:25"]
   resolver: 127.0.0.1:5353
   port: 2525
-  tls: {{ verify: false, ca_file: "{ca}" }}
+  tls: {{ verify: false, ca_file: "{ca}", match: [hostname, ".Etd.cisco.com"] }}
   lifetime: 5m
   max_connections: 3
 policies:
@@ -140,7 +140,11 @@ policies:
         s.delivery.tls,
         TlsSettings {
             verify: false,
-            ca_file: Some(ca.clone())
+            ca_file: Some(ca.clone()),
+            cert_match: vec![
+                CertMatch::Hostname,
+                CertMatch::Under("etd.cisco.com".into())
+            ],
         }
     );
     assert_eq!(s.delivery.lifetime, Duration::from_secs(300));
@@ -217,7 +221,8 @@ fn defaults_when_keys_are_omitted() {
         s.delivery.tls,
         TlsSettings {
             verify: true,
-            ca_file: None
+            ca_file: None,
+            cert_match: CertMatch::defaults(),
         }
     );
     assert_eq!(s.delivery.lifetime, Duration::from_secs(120));
@@ -1030,5 +1035,32 @@ fn milter_socket_mode_and_group() {
         2,
         25,
         "milter.socket_group: the group name is empty",
+    );
+}
+
+#[test]
+fn certificate_match_list() {
+    let s = ok(&with_intake(
+        "delivery:\n  tls:\n    match: [nexthop, mx.us.etd.cisco.com, \".etd.cisco.com\"]\n",
+    ));
+    assert_eq!(
+        s.delivery.tls.cert_match,
+        vec![
+            CertMatch::Nexthop,
+            CertMatch::Name("mx.us.etd.cisco.com".into()),
+            CertMatch::Under("etd.cisco.com".into()),
+        ]
+    );
+    fails_at(
+        &with_intake("delivery:\n  tls:\n    match: []\n"),
+        4,
+        12,
+        "delivery.tls.match: the list is empty, so no certificate could ever be accepted",
+    );
+    fails_at(
+        &with_intake("delivery:\n  tls:\n    match: [nexthop, nexthopp]\n"),
+        4,
+        22,
+        "delivery.tls.match[1]: 'nexthopp' is neither nexthop, dot-nexthop, hostname",
     );
 }
