@@ -8,8 +8,11 @@
 //! one connection (RSET between) and exits when the queue has nothing for it.
 
 pub mod lock;
+#[cfg(test)]
+mod power_loss;
 pub mod retry;
 pub mod spool;
+pub mod storage;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,7 +137,7 @@ impl Drop for Reservation<'_> {
 }
 
 struct Shared {
-    spool: Spool,
+    spool: Arc<Spool>,
     state: Mutex<State>,
     wake: Notify,
     stopping: AtomicBool,
@@ -186,7 +189,7 @@ pub fn open(
         max_bytes: settings.queue.max_bytes,
     };
     let shared = Arc::new(Shared {
-        spool,
+        spool: Arc::new(spool),
         state: Mutex::new(State::default()),
         wake: Notify::new(),
         stopping: AtomicBool::new(false),
@@ -410,13 +413,25 @@ impl Shared {
         Some(queued)
     }
 
+    /// Takes a finished journal's file out of the spool, on a blocking thread: the
+    /// invalidation that makes it durable costs an fsync. The runtime waits for
+    /// blocking work at shutdown; a removal that still does not happen (a power cut)
+    /// can only mean the journal is sent again, never lost.
     fn remove_from_spool(&self, entry: &SpoolEntry) {
-        if let Err(e) = self.spool.remove(entry) {
-            // Left on disk it would be delivered again after a restart: say so loudly.
-            self.log.event(Event::SpoolFailure {
-                mid: entry.mid,
-                error: &e.to_string(),
-            });
+        let (spool, log, entry) = (self.spool.clone(), self.log.clone(), entry.clone());
+        let work = move || {
+            if let Err(e) = spool.remove(&entry) {
+                // Left on disk it would be delivered again after a restart: say so
+                // loudly.
+                log.event(Event::SpoolFailure {
+                    mid: entry.mid,
+                    error: &e.to_string(),
+                });
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(work)),
+            Err(_) => work(),
         }
     }
 

@@ -5,20 +5,42 @@
 //! `mail_stream_finish`): the owner-execute bit is set, then the file is fsynced, once;
 //! its header also carries the journal's size and CRC-32. A file without the mark is a
 //! write that never finished, was never acknowledged to the MTA, and is dropped at
-//! start; a marked file must match its size and CRC. That one fsync, with no directory
-//! sync, is the end-of-message cost: the journal's content and mark are durable
-//! wherever its name ends up, because the start scans every place a name can be.
+//! start; a marked file must match its size and CRC. While free files last, that one
+//! fsync, with no directory sync, is the end-of-message cost: the journal's content
+//! and mark are durable wherever its name ends up, because the start scans every
+//! place a name can be.
 //!
 //! Files of delivered journals are recycled rather than deleted: taking a new inode
 //! for every journal and freeing it again was over a third of the daemon's CPU on an
 //! ext4 without journal (the kernel's `recently_deleted` scan; `docs/BENCHMARKS.md`),
 //! and overwriting a file of the same size allocates no blocks either. A recycled file
-//! is unmarked and waits in `free/`; a new journal is written into it, marked,
-//! fsynced, and renamed to its name in `active/`.
+//! waits in `free/`; a new journal is written into it, marked, fsynced, and renamed to
+//! its name in `active/`.
+//!
+//! # Power loss
+//!
+//! A power cut keeps only what a completed fsync covered; anything else may or may
+//! not reach the disk, in any order (the rules, and the simulation that checks them,
+//! are in `storage.rs` and `power_loss.rs`). So:
+//!
+//! * A journal that leaves the queue is first **invalidated**: its magic is
+//!   overwritten with `FREED` and the mark cleared, then fsynced; only then is the
+//!   file renamed to `free/` or removed, neither of which needs to be durable. A file
+//!   that starts with `FREED` is free wherever a power loss left its name, so an
+//!   undone release can never bring a delivered journal back.
+//! * Because every free file was invalidated durably, a completion mark that reaches
+//!   the disk before the new journal's data (the disk may write the mode first) marks
+//!   a `FREED` file, which is still free: the old journal cannot come back with a
+//!   valid CRC. Files found free at a start are invalidated before they join the pool.
+//! * A journal written into a new file (no free file left) also syncs `active/`, as
+//!   its name would otherwise not be durable; a recycled file's name already is.
+//!
+//! The cost of this is one fsync per delivered journal, in the delivery path, and none
+//! more at the end of a message while free files last.
 //!
 //! ```text
 //! SPOOL/active/<mid>.<attempts>   header lines, an empty line, the journal bytes
-//! SPOOL/free/<n>                  unmarked files waiting to be reused
+//! SPOOL/free/s<n>                 invalidated files waiting to be reused
 //! SPOOL/incoming/next-mid.tmp     the MID counter being replaced; removed at start
 //! SPOOL/next-mid                  MIDs handed out are below this number
 //! ```
@@ -27,13 +49,17 @@
 //! once complete, so they are taken back whatever their mode and without a CRC.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::storage::{Disk, Storage, StorageFile};
+
 const MAGIC: &str = "tdc-milter-spool 2";
+/// Written over the magic of a journal that has left the queue, and made durable
+/// before its file is released or removed: a file that starts with it is free,
+/// whatever its mode and wherever a power loss left its name.
+const FREED: &str = "tdc-milter-freed 2";
 /// Written by earlier versions; complete by construction (renamed into place).
 const MAGIC_RENAMED: &str = "tdc-milter-spool 1";
 /// The mode of a journal being written, and the bit that marks it complete.
@@ -98,6 +124,7 @@ pub struct Damaged {
 }
 
 pub struct Spool {
+    disk: Box<dyn Storage>,
     active: PathBuf,
     free: PathBuf,
     incoming: PathBuf,
@@ -141,16 +168,25 @@ struct MidCounter {
 impl Spool {
     /// Opens (creating) the spool and returns what it holds.
     pub fn open(dir: &Path) -> Result<(Spool, Vec<SpoolEntry>, Vec<Damaged>), SpoolError> {
+        Spool::open_on(Box::new(Disk), dir)
+    }
+
+    /// [`Spool::open`] on any storage (a simulated disk in the power-loss tests).
+    pub fn open_on(
+        disk: Box<dyn Storage>,
+        dir: &Path,
+    ) -> Result<(Spool, Vec<SpoolEntry>, Vec<Damaged>), SpoolError> {
         let active = dir.join("active");
         let free = dir.join("free");
         let incoming = dir.join("incoming");
         let corrupt = dir.join("corrupt");
         for d in [dir, &active, &free, &incoming] {
-            fs::create_dir_all(d).map_err(err("cannot create spool directory", d))?;
+            disk.create_dir_all(d)
+                .map_err(err("cannot create spool directory", d))?;
         }
         for d in [&active, &free, &incoming] {
-            let meta = fs::symlink_metadata(d).map_err(err("cannot read", d))?;
-            if !meta.is_dir() {
+            let meta = disk.stat(d).map_err(err("cannot read", d))?;
+            if !meta.is_dir {
                 return Err(err("not a directory (a link is not followed):", d)(
                     io::Error::new(io::ErrorKind::InvalidInput, "remove it and restart"),
                 ));
@@ -158,43 +194,47 @@ impl Spool {
         }
         // Leftovers of writes that never completed were never acknowledged as spooled;
         // their originals were accepted with a log line saying the journal failed.
-        for leftover in fs::read_dir(&incoming).map_err(err("cannot read", &incoming))? {
-            let path = leftover.map_err(err("cannot read", &incoming))?.path();
-            let _ = fs::remove_file(&path);
+        for path in disk
+            .list(&incoming)
+            .map_err(err("cannot read", &incoming))?
+        {
+            let _ = disk.remove(&path);
         }
         let mut entries = Vec::new();
         let mut damaged = Vec::new();
         let mut free_files = Vec::new();
         let mut moved = false;
         for place in [&active, &free] {
-            for item in fs::read_dir(place).map_err(err("cannot read", place))? {
-                let item = item.map_err(err("cannot read", place))?;
-                let path = item.path();
-                if !item.file_type().is_ok_and(|t| t.is_file()) {
+            for path in disk.list(place).map_err(err("cannot read", place))? {
+                if !disk.stat(&path).is_ok_and(|m| m.is_file) {
                     damaged.push(Damaged {
                         path,
                         reason: "not a regular file (a link or a directory is not followed)".into(),
                     });
                     continue;
                 }
-                // In free/, every unmarked file is free, whatever it held; in active/,
-                // an unmarked file of this format was never acknowledged.
-                let unmarked = if place == &free {
-                    !marked(&path)
+                // A released file is free wherever it is. In free/, every unmarked file
+                // is free, whatever it held; in active/, an unmarked file of this
+                // format was never acknowledged.
+                let unmarked = if freed(&*disk, &path) {
+                    true
+                } else if place == &free {
+                    !marked(&*disk, &path)
                 } else {
-                    unfinished_write(&path)
+                    unfinished_write(&*disk, &path)
                 };
                 if unmarked {
                     free_files.push(path);
                     continue;
                 }
-                match read_header(&path) {
+                match read_header(&*disk, &path) {
                     Ok(entry) => {
                         // A recycled file whose rename into place did not reach the
                         // disk before a crash: the header says which journal it is.
                         let canonical = active.join(format!("{}.{}", entry.mid, entry.attempts));
                         if path != canonical {
-                            fs::rename(&path, &canonical).map_err(err("cannot rename", &path))?;
+                            disk.rename(&path, &canonical)
+                                .map_err(err("cannot rename", &path))?;
                             moved = true;
                         }
                         entries.push(entry);
@@ -204,13 +244,14 @@ impl Spool {
             }
         }
         if moved {
-            sync_dir(&active)?;
+            sync_dir(&*disk, &active)?;
         }
         if !damaged.is_empty() {
-            fs::create_dir_all(&corrupt).map_err(err("cannot create spool directory", &corrupt))?;
+            disk.create_dir_all(&corrupt)
+                .map_err(err("cannot create spool directory", &corrupt))?;
             for d in &damaged {
                 if let Some(name) = d.path.file_name() {
-                    let _ = fs::rename(&d.path, corrupt.join(name));
+                    let _ = disk.rename(&d.path, &corrupt.join(name));
                 }
             }
         }
@@ -230,32 +271,40 @@ impl Spool {
             .map_or(0, |n| n + 1);
         let mut pool = FreePool::default();
         for path in free_files {
-            let size = fs::metadata(&path).map_or(u64::MAX, |m| m.len());
+            let size = disk.stat(&path).map_or(u64::MAX, |m| m.len);
             let to = if path.parent() == Some(free.as_path()) {
                 path.clone()
             } else {
                 next_name += 1;
                 free.join(format!("s{}", next_name - 1))
             };
+            // Whatever a free file held (an unfinished write can hold a whole journal
+            // with a valid CRC), it is durably invalidated before it can be reused:
+            // a completion mark that reaches the disk ahead of the new data must
+            // never bring the old content back.
             let keep = pool.has_room(size)
-                && fs::set_permissions(&path, fs::Permissions::from_mode(MODE_WRITING)).is_ok()
-                && (path == to || fs::rename(&path, &to).is_ok());
+                && invalidate(&*disk, &path).is_ok()
+                && (path == to || disk.rename(&path, &to).is_ok());
             if keep {
                 pool.push(to, size);
             } else {
-                let _ = fs::remove_file(&path);
+                let _ = disk.remove(&path);
             }
         }
 
         let mid_file = dir.join("next-mid");
-        let stored = match fs::read_to_string(&mid_file) {
-            Ok(text) => text.trim().parse::<u64>().unwrap_or(1),
+        let stored = match disk.read(&mid_file) {
+            Ok(text) => String::from_utf8_lossy(&text)
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(1),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 1,
             Err(e) => return Err(err("cannot read", &mid_file)(e)),
         };
         let after_spool = entries.last().map_or(1, |e| e.mid + 1);
         let next = stored.max(after_spool).max(1);
         let spool = Spool {
+            disk,
             active,
             free,
             incoming,
@@ -283,7 +332,12 @@ impl Spool {
         })?;
         if mids.next >= mids.reserved_until {
             let until = mids.next + MID_BLOCK;
-            write_durably(&self.mid_file, &self.incoming, until.to_string().as_bytes())?;
+            write_durably(
+                &*self.disk,
+                &self.mid_file,
+                &self.incoming,
+                until.to_string().as_bytes(),
+            )?;
             mids.reserved_until = until;
         }
         let mid = mids.next;
@@ -300,28 +354,44 @@ impl Spool {
         let path = self.path(entry.mid, entry.attempts);
         let header = render_header(entry, crc32fast::hash(journal));
         let Some(recycled) = self.take_free_file() else {
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(MODE_WRITING)
-                .open(&path)
+            // A new name is durable only with its directory: the one extra sync of a
+            // journal that finds no free file.
+            let file = self
+                .disk
+                .create(&path, MODE_WRITING)
                 .map_err(err("cannot create", &path))?;
-            let result = write_marked(file, &path, &header, journal);
+            let result = write_marked(file, &path, &header, journal)
+                .and_then(|()| sync_dir(&*self.disk, &self.active));
             if result.is_err() {
-                let _ = fs::remove_file(&path);
+                self.discard(&path);
             }
             return result;
         };
-        let result = no_follow(OpenOptions::new().write(true))
+        // The free file's name is durable (free/, or where a power loss left it) and
+        // its old content durably invalidated, so the one fsync of the file suffices:
+        // the journal is found under whichever name the rename reached.
+        let result = self
+            .disk
             .open(&recycled)
             .map_err(err("cannot open", &recycled))
             .and_then(|file| write_marked(file, &recycled, &header, journal))
-            .and_then(|()| fs::rename(&recycled, &path).map_err(err("cannot rename", &recycled)));
+            .and_then(|()| {
+                self.disk
+                    .rename(&recycled, &path)
+                    .map_err(err("cannot rename", &recycled))
+            });
         if result.is_err() {
             // Marked or half written, it must not be taken for a journal or reused.
-            let _ = fs::remove_file(&recycled);
+            self.discard(&recycled);
         }
         result
+    }
+
+    /// A file that must not become a journal: invalidated as far as the disk allows,
+    /// then removed.
+    fn discard(&self, path: &Path) {
+        let _ = invalidate(&*self.disk, path);
+        let _ = self.disk.remove(path);
     }
 
     fn take_free_file(&self) -> Option<PathBuf> {
@@ -331,7 +401,7 @@ impl Spool {
     /// The journal bytes of a spooled entry.
     pub fn read_journal(&self, entry: &SpoolEntry) -> Result<Vec<u8>, SpoolError> {
         let path = self.path(entry.mid, entry.attempts);
-        let mut bytes = read_file(&path).map_err(err("cannot read", &path))?;
+        let mut bytes = self.disk.read(&path).map_err(err("cannot read", &path))?;
         let start = header_end(&bytes).ok_or_else(|| {
             err("damaged spool file", &path)(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -346,25 +416,34 @@ impl Spool {
     pub fn record_attempt(&self, entry: &SpoolEntry, attempts: u32) -> Result<(), SpoolError> {
         let from = self.path(entry.mid, entry.attempts);
         let to = self.path(entry.mid, attempts);
-        fs::rename(&from, &to).map_err(err("cannot rename", &from))?;
-        sync_dir(&self.active)
+        self.disk
+            .rename(&from, &to)
+            .map_err(err("cannot rename", &from))?;
+        sync_dir(&*self.disk, &self.active)
     }
 
-    /// The journal has left the queue: its file is unmarked and kept for reuse, or
+    /// The journal has left the queue: its file is invalidated (durably, before
+    /// anything else: neither a release nor a removal is durable, and a power loss
+    /// that undoes one must not bring the journal back), then kept for reuse or
     /// removed.
     pub fn remove(&self, entry: &SpoolEntry) -> Result<(), SpoolError> {
         let path = self.path(entry.mid, entry.attempts);
+        match invalidate(&*self.disk, &path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(err("cannot invalidate", &path)(e)),
+        }
         if self.release(&path, entry.size) {
             return Ok(());
         }
-        match fs::remove_file(&path) {
+        match self.disk.remove(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(err("cannot remove", &path)(e)),
         }
     }
 
-    /// Moves a finished journal's file to `free/`, unmarked; false if it was not kept.
+    /// Moves an invalidated file to `free/`; false if it was not kept.
     fn release(&self, path: &Path, size: u64) -> bool {
         let Ok(mut pool) = self.free_files.lock() else {
             return false;
@@ -376,11 +455,7 @@ impl Spool {
             .next_free_name
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let to = self.free.join(format!("s{n}"));
-        // Unmarked first: a crash after the rename must not leave a marked file in
-        // free/, which the start would take for a journal and deliver again.
-        if fs::set_permissions(path, fs::Permissions::from_mode(MODE_WRITING)).is_err()
-            || fs::rename(path, &to).is_err()
-        {
+        if self.disk.rename(path, &to).is_err() {
             return false;
         }
         pool.push(to, size);
@@ -391,87 +466,90 @@ impl Spool {
 /// Header, journal, the completion mark, one fsync. The file may be a recycled one
 /// that was longer: it is cut to what was written.
 fn write_marked(
-    mut file: File,
+    mut file: Box<dyn StorageFile>,
     path: &Path,
     header: &str,
     journal: &[u8],
 ) -> Result<(), SpoolError> {
     // Two writes: joining header and journal would copy the whole journal.
-    file.write_all(header.as_bytes())
-        .and_then(|()| file.write_all(journal))
+    file.write_at(0, header.as_bytes())
+        .and_then(|()| file.write_at(header.len() as u64, journal))
         .and_then(|()| file.set_len((header.len() + journal.len()) as u64))
         .map_err(err("cannot write", path))?;
-    file.set_permissions(fs::Permissions::from_mode(MODE_WRITING | COMPLETE_BIT))
+    file.set_mode(MODE_WRITING | COMPLETE_BIT)
         .map_err(err("cannot mark complete", path))?;
-    file.sync_all().map_err(err("cannot sync", path))
+    file.sync().map_err(err("cannot sync", path))
+}
+
+/// Overwrites the magic with [`FREED`], unmarks, fsyncs: from here on the file is
+/// free whatever else a power loss keeps or drops.
+fn invalidate(disk: &dyn Storage, path: &Path) -> io::Result<()> {
+    let mut file = disk.open(path)?;
+    file.write_at(0, FREED.as_bytes())?;
+    file.set_mode(MODE_WRITING)?;
+    file.sync()
+}
+
+/// Whether a file starts with [`FREED`].
+fn freed(disk: &dyn Storage, path: &Path) -> bool {
+    disk.read_prefix(path, FREED.len())
+        .is_ok_and(|start| start == FREED.as_bytes())
 }
 
 /// temp file in `scratch`, write, fsync, rename into place, fsync the directory.
-fn write_durably(path: &Path, scratch: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+fn write_durably(
+    disk: &dyn Storage,
+    path: &Path,
+    scratch: &Path,
+    bytes: &[u8],
+) -> Result<(), SpoolError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
     let tmp = scratch.join(format!("{name}.tmp"));
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
+        match disk.remove(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err("cannot remove", &tmp)(e)),
+        }
+        let mut file = disk
+            .create(&tmp, MODE_WRITING)
             .map_err(err("cannot create", &tmp))?;
-        file.write_all(bytes).map_err(err("cannot write", &tmp))?;
-        file.sync_all().map_err(err("cannot sync", &tmp))?;
-        fs::rename(&tmp, path).map_err(err("cannot rename", &tmp))?;
+        file.write_at(0, bytes).map_err(err("cannot write", &tmp))?;
+        file.sync().map_err(err("cannot sync", &tmp))?;
+        disk.rename(&tmp, path)
+            .map_err(err("cannot rename", &tmp))?;
         if let Some(parent) = path.parent() {
-            sync_dir(parent)?;
+            sync_dir(disk, parent)?;
         }
         Ok(())
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = disk.remove(&tmp);
     }
     result
 }
 
-fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+fn sync_dir(disk: &dyn Storage, dir: &Path) -> Result<(), SpoolError> {
+    disk.sync_dir(dir)
         .map_err(err("cannot sync directory", dir))
 }
 
 /// Whether a file carries the completion mark.
-fn marked(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.permissions().mode() & COMPLETE_BIT != 0)
-}
-
-/// Nothing in the spool is followed through a link: whoever could plant one could make
-/// the daemon read another file into a journal, or overwrite it.
-fn no_follow(options: &mut OpenOptions) -> &mut OpenOptions {
-    options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-}
-
-fn open_file(path: &Path) -> io::Result<File> {
-    no_follow(OpenOptions::new().read(true)).open(path)
-}
-
-fn read_file(path: &Path) -> io::Result<Vec<u8>> {
-    let mut file = open_file(path)?;
-    let mut bytes = Vec::with_capacity(file.metadata().map_or(0, |m| m.len() as usize));
-    file.read_to_end(&mut bytes)?;
-    Ok(bytes)
+fn marked(disk: &dyn Storage, path: &Path) -> bool {
+    disk.stat(path).is_ok_and(|m| m.mode & COMPLETE_BIT != 0)
 }
 
 /// A journal file whose write never finished: no completion mark, and what is there
 /// is (the start of) a current-format header. Anything else is judged by its header.
-fn unfinished_write(path: &Path) -> bool {
-    if marked(path) {
+fn unfinished_write(disk: &dyn Storage, path: &Path) -> bool {
+    if marked(disk, path) {
         return false;
     }
-    let mut start = Vec::with_capacity(MAGIC.len());
-    open_file(path)
-        .and_then(|f| f.take(MAGIC.len() as u64).read_to_end(&mut start))
-        .is_ok_and(|_| MAGIC.as_bytes().starts_with(&start))
+    disk.read_prefix(path, MAGIC.len())
+        .is_ok_and(|start| MAGIC.as_bytes().starts_with(&start))
 }
 
 /// Header values are ours or sanitised, but a Message-ID may hold anything: keep each
@@ -504,7 +582,7 @@ fn header_end(bytes: &[u8]) -> Option<usize> {
 /// Reads the header of a spool file. The header says which journal it is; the name
 /// gives the attempts made, when it is that journal's name (a recycled file may still
 /// carry a free file's name, or an earlier journal's, after a crash).
-fn read_header(path: &Path) -> Result<SpoolEntry, String> {
+fn read_header(disk: &dyn Storage, path: &Path) -> Result<SpoolEntry, String> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -512,7 +590,7 @@ fn read_header(path: &Path) -> Result<SpoolEntry, String> {
     let from_name = name
         .split_once('.')
         .and_then(|(m, a)| Some((m.parse::<u64>().ok()?, a.parse::<u32>().ok()?)));
-    let bytes = read_file(path).map_err(|e| e.to_string())?;
+    let bytes = disk.read(path).map_err(|e| e.to_string())?;
     let end = header_end(&bytes).ok_or("no end of header")?;
     let header = String::from_utf8_lossy(&bytes[..end]);
     let mut lines = header.lines();
@@ -580,6 +658,8 @@ fn read_header(path: &Path) -> Result<SpoolEntry, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     fn entry(mid: u64) -> SpoolEntry {
         SpoolEntry {
