@@ -103,3 +103,62 @@ fn defaults_listen_on_this_machine_only() {
     assert!(metrics.ip().is_loopback(), "{metrics}");
     assert!(s.control.socket.starts_with("/run/tdc-milter"));
 }
+
+/// The listening sockets on `port` in /proc/net/tcp and tcp6, as (hex address, hex
+/// port) of the local end.
+fn listeners_on(port: u16) -> Vec<String> {
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is field 1 ("ADDR:PORT" in hex), st is field 3 (0A: LISTEN).
+            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
+                continue;
+            };
+            if *state == "0A" && local.ends_with(&format!(":{port:04X}")) {
+                found.push(local.to_string());
+            }
+        }
+    }
+    found
+}
+
+/// The running binary with the default `metrics.listen` binds 127.0.0.1:9466 and
+/// nothing else on that port: not the wildcard, not IPv6.
+#[test]
+fn the_running_daemon_serves_metrics_on_loopback_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = minimal_settings(dir.path());
+    let text = std::fs::read_to_string(&settings).expect("read settings");
+    std::fs::write(&settings, text.replace("metrics: { listen: off }\n", "")).expect("write");
+    let port = 9466;
+    assert!(
+        listeners_on(port).is_empty(),
+        "something else listens on {port} already: {:?}",
+        listeners_on(port)
+    );
+    let mut child = Command::new(BIN)
+        .arg("-c")
+        .arg(&settings)
+        .args(["run", "--log", "stderr", "--allow-root"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tdc-milter");
+    let started = Instant::now();
+    let listening = loop {
+        let now = listeners_on(port);
+        if !now.is_empty() || started.elapsed() > Duration::from_secs(10) {
+            break now;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the daemon exited: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    // 127.0.0.1 is 0100007F in the kernel's byte order.
+    assert_eq!(listening, vec![format!("0100007F:{port:04X}")]);
+}

@@ -377,3 +377,66 @@ async fn past_max_connections_a_connection_is_answered_and_its_mail_counted_as_b
     );
     intake.shutdown().await;
 }
+
+/// MTA connections that negotiate and then say nothing (an smtpd process waiting on a
+/// slow client) hold a place among milter.max_connections only until
+/// milter.idle_timeout: then the daemon closes them and the places serve mail again.
+#[tokio::test]
+async fn idle_milter_sessions_give_their_places_back_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (intake, ca) = common::start_intake(IntakeScript::default(), dir.path()).await;
+    let yaml = format!(
+        "{}milter:\n  listen: inet:127.0.0.1:8895\n  max_connections: 2\n  idle_timeout: 1s\n",
+        settings_yaml(intake.addr(), &ca, "")
+            .replace("milter:\n  listen: inet:127.0.0.1:8895\n", "")
+    );
+    let daemon = Daemon::start(&yaml, dir.path()).await;
+    let socket = dir.path().join("control.sock");
+    let mut idle = Vec::new();
+    for last in [7, 8] {
+        let mut conn = daemon.connect().await;
+        conn.connect("client.example", [192, 0, 2, last])
+            .await
+            .expect("connect");
+        idle.push(conn);
+    }
+    let status: DaemonStatus = ask(&socket, "status").await;
+    assert_eq!(status.milter.connections, 2, "both places are taken");
+    // Past the idle timeout the daemon has closed both.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: DaemonStatus = ask(&socket, "status").await;
+        if status.milter.connections == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle sessions still hold {} places",
+            status.milter.connections
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And really closed: writing to one fails (the first write may still be taken
+    // by the kernel before the reset arrives).
+    let mut first = idle.remove(0);
+    let mut closed = false;
+    for _ in 0..5 {
+        if first.mail(["<alice@example.org>"]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed, "the idle session is still open");
+    // A new connection gets a place and its message is journaled.
+    let next = message("QNEXT", &["<bob@example.com>"], &[("Subject", "next")]);
+    assert_eq!(daemon.send_one(&next).await, Status::Accept);
+    intake.wait_for_messages(1, Duration::from_secs(20)).await;
+    let status: DaemonStatus = ask(&socket, "status").await;
+    assert_eq!(
+        status.milter.busy_connections, 0,
+        "no message was turned away"
+    );
+    daemon.stop().await;
+    intake.shutdown().await;
+}
