@@ -88,6 +88,26 @@ fn run_refuses_root_unless_allowed() {
     } else {
         // Not root: nothing to refuse, it runs.
         assert_eq!(status, None, "it exited: {err}");
+        // As root of a user namespace (uid 0 inside), the refusal is still exercised.
+        let inside = Command::new("timeout")
+            .args(["10", "unshare", "--user", "--map-root-user", BIN, "-c"])
+            .arg(&settings)
+            .args(["run", "--log", "stderr"])
+            .output();
+        match inside {
+            Ok(out) if out.status.code() == Some(1) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(err.contains("refusing to run as root"), "{err}");
+            }
+            // timeout's code: it was still running, as root, after 10 s.
+            Ok(out) if out.status.code() == Some(124) => panic!("it ran as root"),
+            Ok(out) => eprintln!(
+                "root refusal not exercised: unshare --map-root-user gave {:?} ({})",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => eprintln!("root refusal not exercised: no unshare ({e})"),
+        }
     }
 }
 
