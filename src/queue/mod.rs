@@ -164,6 +164,15 @@ fn domain_of(address: &str) -> String {
         .map_or(String::new(), |(_, d)| d.to_ascii_lowercase())
 }
 
+/// Runs spool work that ends in an fsync on a blocking thread, so the threads that
+/// serve the MTA never wait for the disk; inline outside a runtime (unit tests).
+fn off_the_runtime(work: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(work)),
+        Err(_) => work(),
+    }
+}
+
 /// Opens the spool, takes back what it holds (expiring what is past its lifetime), and
 /// returns the two sides of the queue.
 pub fn open(
@@ -413,6 +422,21 @@ impl Shared {
         Some(queued)
     }
 
+    /// Makes a recorded attempt durable, on a blocking thread (an fsync of the
+    /// spool directory).
+    fn sync_attempts(&self, mid: u64) {
+        let (spool, log) = (self.spool.clone(), self.log.clone());
+        let work = move || {
+            if let Err(e) = spool.sync_attempts() {
+                log.event(Event::SpoolFailure {
+                    mid,
+                    error: &e.to_string(),
+                });
+            }
+        };
+        off_the_runtime(work);
+    }
+
     /// Takes a finished journal's file out of the spool, on a blocking thread: the
     /// invalidation that makes it durable costs an fsync. The runtime waits for
     /// blocking work at shutdown; a removal that still does not happen (a power cut)
@@ -429,10 +453,7 @@ impl Shared {
                 });
             }
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(work)),
-            Err(_) => work(),
-        }
+        off_the_runtime(work);
     }
 
     fn expire(&self, entry: &SpoolEntry) {
@@ -506,11 +527,12 @@ impl Shared {
         }
         match retry::decide(error.class(), attempts, self.limits.retry_delay) {
             Decision::Retry(delay) => {
-                if let Err(e) = self.spool.record_attempt(&entry, attempts) {
-                    self.log.event(Event::SpoolFailure {
+                match self.spool.record_attempt(&entry, attempts) {
+                    Ok(()) => self.sync_attempts(mid),
+                    Err(e) => self.log.event(Event::SpoolFailure {
                         mid,
                         error: &e.to_string(),
-                    });
+                    }),
                 }
                 self.log.event(Event::RetryScheduled {
                     mid,

@@ -511,6 +511,7 @@ mod tests {
                     let attempts = entries[n].attempts + 1;
                     spool
                         .record_attempt(&entries[n], attempts)
+                        .and_then(|()| spool.sync_attempts())
                         .map_err(|e| e.to_string())?;
                     entries[n].attempts = attempts;
                 }

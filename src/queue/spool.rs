@@ -412,13 +412,20 @@ impl Spool {
         Ok(bytes)
     }
 
-    /// Records a failed attempt (atomic rename to the new attempt count).
+    /// Records a failed attempt (atomic rename to the new attempt count). The rename
+    /// is durable after [`Spool::sync_attempts`]; until then a power loss can only
+    /// cost the count, so a journal may be tried once more than the table says.
     pub fn record_attempt(&self, entry: &SpoolEntry, attempts: u32) -> Result<(), SpoolError> {
         let from = self.path(entry.mid, entry.attempts);
         let to = self.path(entry.mid, attempts);
         self.disk
             .rename(&from, &to)
-            .map_err(err("cannot rename", &from))?;
+            .map_err(err("cannot rename", &from))
+    }
+
+    /// Makes the recorded attempts durable (an fsync of `active/`: for a blocking
+    /// thread).
+    pub fn sync_attempts(&self) -> Result<(), SpoolError> {
         sync_dir(&*self.disk, &self.active)
     }
 
@@ -687,6 +694,7 @@ mod tests {
         e.size = journal.len() as u64;
         spool.write(&e, journal).expect("write");
         spool.record_attempt(&e, 1).expect("attempt");
+        spool.sync_attempts().expect("sync");
         drop(spool);
 
         let (spool, found, _) = Spool::open(dir.path()).expect("reopen");
