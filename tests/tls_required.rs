@@ -150,3 +150,31 @@ async fn a_multiline_reply_longer_than_4_kib_split_across_segments_is_read_whole
     assert_eq!(intake.messages().len(), 1);
     intake.shutdown().await;
 }
+
+/// `delivery.tls.verify: false` (labs): a certificate from an unknown CA, for another
+/// name, is taken, the session is still encrypted, and the start says verification
+/// is off.
+#[tokio::test]
+async fn verification_off_takes_any_certificate_but_still_encrypts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let intake =
+        FakeIntake::start(IntakeScript::default().pki(TestPki::with_names(&["x.example"]))).await;
+    let unrelated_ca = TestPki::new().write_ca_file(dir.path());
+    let yaml =
+        settings_yaml(intake.addr(), &unrelated_ca, "").replace("verify: true", "verify: false");
+    assert!(yaml.contains("verify: false"));
+    let daemon = Daemon::start(&yaml, dir.path()).await;
+    daemon.journal("QOFF", "<bob@example.com>").await;
+    daemon.wait_for_log("Message finished MID 1 done", 1).await;
+    let lines = daemon.stop().await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("delivery.tls.verify: false")),
+        "{lines:#?}"
+    );
+    let received = intake.messages();
+    assert_eq!(received.len(), 1, "{lines:#?}");
+    assert!(received[0].tls_version.is_some());
+    intake.shutdown().await;
+}
