@@ -41,13 +41,7 @@ impl fmt::Display for Accepted {
 /// The accepted names for one connection: `nexthop` is the destination the route
 /// names (the intake domain, or the listed host), `hostname` the host connected to.
 pub fn accepted_names(rules: &[CertMatch], nexthop: &str, hostname: &str) -> Vec<Accepted> {
-    let clean = |name: &str| {
-        let name = name.trim_end_matches('.');
-        name.strip_prefix('[')
-            .and_then(|n| n.strip_suffix(']'))
-            .unwrap_or(name)
-            .to_ascii_lowercase()
-    };
+    let clean = |name: &str| super::tls::bare_host(name).to_ascii_lowercase();
     let (nexthop, hostname) = (clean(nexthop), clean(hostname));
     let mut out: Vec<Accepted> = Vec::new();
     for rule in rules {
@@ -87,27 +81,35 @@ fn is_below(name: &str, domain: &str) -> bool {
     below || (name.starts_with("*.") && base == domain)
 }
 
-/// Checks that `cert` carries one of the `accepted` names. Exact names go through
-/// webpki's own matching (wildcards, IP SANs); only the "below" test reads the
-/// certificate's DNS names itself.
+/// Checks that the certificate (`end_entity`, already parsed as `parsed`) carries one
+/// of the `accepted` names. Exact names go through webpki's own matching (wildcards,
+/// IP SANs); only the "below" test, and the error, read its DNS names themselves.
 fn check_names(
     end_entity: &CertificateDer<'_>,
+    parsed: &ParsedCertificate<'_>,
     accepted: &[Accepted],
 ) -> Result<(), rustls::Error> {
-    let parsed = ParsedCertificate::try_from(end_entity)?;
-    let presented: Vec<String> = webpki::EndEntityCert::try_from(end_entity)
-        .map(|cert| cert.valid_dns_names().map(str::to_string).collect())
-        .unwrap_or_default();
+    let mut presented: Option<Vec<String>> = None;
+    let mut dns_names = || -> Vec<String> {
+        presented
+            .get_or_insert_with(|| {
+                webpki::EndEntityCert::try_from(end_entity)
+                    .map(|cert| cert.valid_dns_names().map(str::to_string).collect())
+                    .unwrap_or_default()
+            })
+            .clone()
+    };
     for want in accepted {
         let ok = match want {
             Accepted::Exact(name) => ServerName::try_from(name.as_str())
-                .is_ok_and(|server_name| verify_server_name(&parsed, &server_name).is_ok()),
-            Accepted::Below(domain) => presented.iter().any(|n| is_below(n, domain)),
+                .is_ok_and(|server_name| verify_server_name(parsed, &server_name).is_ok()),
+            Accepted::Below(domain) => dns_names().iter().any(|n| is_below(n, domain)),
         };
         if ok {
             return Ok(());
         }
     }
+    let presented = dns_names();
     Err(rustls::Error::InvalidCertificate(CertificateError::Other(
         OtherError(Arc::new(NotTheIntake {
             presented,
@@ -193,7 +195,7 @@ impl ServerCertVerifier for MatchingVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        check_names(end_entity, accepted)?;
+        check_names(end_entity, &parsed, accepted)?;
         Ok(ServerCertVerified::assertion())
     }
 

@@ -181,12 +181,16 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsConfigError> {
 /// The name sent as SNI: the MX host name, or the host as written in a static route.
 /// Which certificate names are accepted is decided by [`TlsClient::accepted`].
 pub fn server_name(host: &str) -> Option<ServerName<'static>> {
+    ServerName::try_from(bare_host(host).to_string()).ok()
+}
+
+/// A host as written or found (`mx1.intake.test.`, `[::1]`) without the trailing dot
+/// and the brackets of an address literal.
+pub fn bare_host(host: &str) -> &str {
     let host = host.trim_end_matches('.');
-    let host = host
-        .strip_prefix('[')
+    host.strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    ServerName::try_from(host.to_string()).ok()
+        .unwrap_or(host)
 }
 
 /// `TLSv1.2` / `TLSv1.3`, as the appliance logs them.

@@ -141,6 +141,9 @@ struct Shared {
     state: Mutex<State>,
     wake: Notify,
     stopping: AtomicBool,
+    /// Spool work running on blocking threads (removals, attempt syncs); `run` waits
+    /// for it before it returns, so a stopped queue leaves the spool as it says.
+    background: std::sync::Mutex<JoinSet<()>>,
     deliverer: Deliverer,
     limits: Limits,
     stats: Arc<Stats>,
@@ -162,15 +165,6 @@ fn domain_of(address: &str) -> String {
     address
         .rsplit_once('@')
         .map_or(String::new(), |(_, d)| d.to_ascii_lowercase())
-}
-
-/// Runs spool work that ends in an fsync on a blocking thread, so the threads that
-/// serve the MTA never wait for the disk; inline outside a runtime (unit tests).
-fn off_the_runtime(work: impl FnOnce() + Send + 'static) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn_blocking(work)),
-        Err(_) => work(),
-    }
 }
 
 /// Opens the spool, takes back what it holds (expiring what is past its lifetime), and
@@ -202,6 +196,7 @@ pub fn open(
         state: Mutex::new(State::default()),
         wake: Notify::new(),
         stopping: AtomicBool::new(false),
+        background: std::sync::Mutex::new(JoinSet::new()),
         deliverer,
         limits,
         stats,
@@ -422,38 +417,54 @@ impl Shared {
         Some(queued)
     }
 
-    /// Makes a recorded attempt durable, on a blocking thread (an fsync of the
-    /// spool directory).
-    fn sync_attempts(&self, mid: u64) {
+    /// Spool work that ends in an fsync, off the threads that serve the MTA; a
+    /// failure is logged for `mid`. The runtime waits for blocking work at shutdown;
+    /// work that still does not happen (a power cut) can only mean a journal is sent
+    /// again or tried once more, never lost.
+    fn spool_in_background(
+        &self,
+        mid: u64,
+        work: impl FnOnce(&Spool) -> Result<(), SpoolError> + Send + 'static,
+    ) {
         let (spool, log) = (self.spool.clone(), self.log.clone());
-        let work = move || {
-            if let Err(e) = spool.sync_attempts() {
+        let job = move || {
+            if let Err(e) = work(&spool) {
+                // A file left on disk would be delivered again after a restart: say
+                // so loudly.
                 log.event(Event::SpoolFailure {
                     mid,
                     error: &e.to_string(),
                 });
             }
         };
-        off_the_runtime(work);
+        // Outside a runtime (unit tests) it runs inline.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return job();
+        }
+        let mut background = self
+            .background
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        while background.try_join_next().is_some() {}
+        background.spawn_blocking(job);
     }
 
-    /// Takes a finished journal's file out of the spool, on a blocking thread: the
-    /// invalidation that makes it durable costs an fsync. The runtime waits for
-    /// blocking work at shutdown; a removal that still does not happen (a power cut)
-    /// can only mean the journal is sent again, never lost.
+    /// Waits for the spool work still running on blocking threads.
+    async fn background_done(&self) {
+        let mut running = std::mem::take(
+            &mut *self
+                .background
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Takes a finished journal's file out of the spool: its invalidation costs an
+    /// fsync.
     fn remove_from_spool(&self, entry: &SpoolEntry) {
-        let (spool, log, entry) = (self.spool.clone(), self.log.clone(), entry.clone());
-        let work = move || {
-            if let Err(e) = spool.remove(&entry) {
-                // Left on disk it would be delivered again after a restart: say so
-                // loudly.
-                log.event(Event::SpoolFailure {
-                    mid: entry.mid,
-                    error: &e.to_string(),
-                });
-            }
-        };
-        off_the_runtime(work);
+        let entry = entry.clone();
+        self.spool_in_background(entry.mid, move |spool| spool.remove(&entry));
     }
 
     fn expire(&self, entry: &SpoolEntry) {
@@ -528,7 +539,7 @@ impl Shared {
         match retry::decide(error.class(), attempts, self.limits.retry_delay) {
             Decision::Retry(delay) => {
                 match self.spool.record_attempt(&entry, attempts) {
-                    Ok(()) => self.sync_attempts(mid),
+                    Ok(()) => self.spool_in_background(mid, Spool::sync_attempts),
                     Err(e) => self.log.event(Event::SpoolFailure {
                         mid,
                         error: &e.to_string(),
@@ -760,6 +771,7 @@ impl Scheduler {
         }
         shared.stopping.store(true, Ordering::Relaxed);
         while workers.join_next().await.is_some() {}
+        shared.background_done().await;
     }
 }
 
