@@ -1,4 +1,4 @@
-"""Benchmarks of tdc-milter inside a real Postfix (issue 6). Run it as
+"""Benchmarks of tdc-milter inside a real Postfix. Run it as
 integration/bench (see that file, or --help, for the options).
 
 What runs, all on 127.0.0.1, in one fresh world-searchable temporary directory:
@@ -9,7 +9,7 @@ What runs, all on 127.0.0.1, in one fresh world-searchable temporary directory:
 
 The intake is either integration/tls_sink.py (aiosmtpd, stores each journal) or a
 second Postfix whose smtpd insists on STARTTLS and hands each transaction, before
-queueing, to an smtp-sink that dumps it (TESTING-INFRA.md §3 Option B). The ceiling
+queueing, to an smtp-sink that dumps it (Postfix's smtp-sink). The ceiling
 of both is measured first with a Python STARTTLS client; the faster one is used for
 the rates unless --intake says otherwise.
 

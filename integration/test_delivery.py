@@ -1,4 +1,4 @@
-"""the.tdc.queue's delivery behind a real Postfix (SPEC §5; docs/LOGGING.md), against
+"""the.tdc.queue's delivery behind a real Postfix (docs/DELIVERY.md, docs/LOGGING.md), against
 the independent aiosmtpd intake with the SETD intake's documented limits (TLS 1.2
 only; the 11th MAIL on one connection gets 421 and the connection is closed), and
 against an intake that cannot be reached (its SYNs dropped inside a network
@@ -57,7 +57,7 @@ def message(tag, n):
 
 
 def report_message_id(raw):
-    """The Message-Id line of a journal's envelope report (JOURNAL.md)."""
+    """The Message-Id line of a journal's envelope report (docs/JOURNAL-FORMAT.md)."""
     parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(raw)
     if not parsed.is_multipart():
         return None
@@ -235,7 +235,7 @@ mt.disconnect(conn)
 print("miltertest: accepted")
 """
 
-# miltertest prints no error() text by itself (TESTING-INFRA.md §4).
+# miltertest prints no error() text by itself.
 MILTERTEST_WRAPPER = """\
 local ok, err = pcall(dofile, "%(script)s")
 if not ok then print("miltertest FAILED: " .. tostring(err)); os.exit(1) end

@@ -1,4 +1,4 @@
-"""tdc-milter behind a real Postfix (SPEC §3, §4, §6; JOURNAL.md).
+"""tdc-milter behind a real Postfix (docs/POLICIES.md, docs/JOURNAL-FORMAT.md, docs/LOGGING.md).
 
 swaks sends a set of messages through a hermetic Postfix that has tdc-milter as
 its last smtpd milter and relays into smtp-sink; the daemon journals to the

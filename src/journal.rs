@@ -1,4 +1,4 @@
-//! The journal copy, byte for byte (`JOURNAL.md`): a short envelope report and the
+//! The journal copy, byte for byte (`docs/JOURNAL-FORMAT.md`): a short envelope report and the
 //! unaltered original as a `message/rfc822` attachment.
 //!
 //! Pure: inputs in, bytes out. We write the MIME structure ourselves rather than with a

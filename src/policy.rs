@@ -1,4 +1,4 @@
-//! Which intake address each recipient's journal goes to (SPEC §2, §3).
+//! Which intake address each recipient's journal goes to (docs/POLICIES.md).
 //!
 //! Pure: settings + envelope in, one [`Job`] per distinct intake address out. The
 //! first policy that matches a recipient decides; recipients whose setting resolves

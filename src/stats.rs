@@ -226,7 +226,7 @@ impl Stats {
         self.for_intake(intake, |c| c.hard_bounced += 1);
     }
 
-    /// Expiry counts as a hard bounce too (SPEC §5.1).
+    /// Expiry counts as a hard bounce too (docs/DELIVERY.md, "The queue").
     pub fn expired(&self, intake: &str) {
         self.expired.fetch_add(1, Ordering::Relaxed);
         self.hard_bounced(intake);

@@ -1,7 +1,7 @@
 //! Every line tdc-milter writes to the mail log, rendered in one place.
 //!
 //! The wording of the `TDC:` lines follows the appliance's samples
-//! (`reference/seg-per-policy-journaling.txt`) so that log tooling written for the
+//! (the vendor's per-policy journaling guide; docs/LOGGING.md quotes each line) so that log tooling written for the
 //! appliance works unchanged. Values that come from a message (Message-ID,
 //! addresses, server replies) pass through [`sanitize`] first: no control
 //! character, and so no forged extra log line, can reach the log.

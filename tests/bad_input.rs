@@ -1,4 +1,4 @@
-//! The bad-input catalogue (issue 7 item 1): hostile or broken messages, envelopes and
+//! The bad-input catalogue: hostile or broken messages, envelopes and
 //! milter conversations, each sent to the real daemon in-process.
 //!
 //! Every case asserts the same four things:
@@ -393,7 +393,7 @@ fn show(bytes: &[u8]) -> String {
     }
 }
 
-/// Splits a journal along the layout of JOURNAL.md, asserting every fixed byte.
+/// Splits a journal along the layout of docs/JOURNAL-FORMAT.md, asserting every fixed byte.
 fn open_journal(data: &[u8]) -> Journal {
     let end = find(data, b"\r\n\r\n").expect("journal header section ends") + 2;
     let mut headers: Vec<(String, Vec<u8>)> = Vec::new();

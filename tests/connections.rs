@@ -1,4 +1,4 @@
-//! Connection management of the.tdc.queue (SPEC §5.3): at least three connections
+//! Connection management of the.tdc.queue (docs/DELIVERY.md, "Connections"): at least three connections
 //! while journals wait (fewer only if fewer wait), never more than the maximum, RSET
 //! between journals, the per-connection limit, and QUIT when the work is done.
 

@@ -1,6 +1,6 @@
-//! Routing through DNS (SPEC §5.2) against a scripted fake DNS on loopback: MX order,
+//! Routing through DNS (docs/DELIVERY.md, "Routing") against a scripted fake DNS on loopback: MX order,
 //! implicit MX, null MX, and how each DNS failure is classified for the retry table
-//! (SPEC §5.4).
+//! (docs/DELIVERY.md, "The retry table").
 
 #[path = "common/fake_dns.rs"]
 mod fake_dns;

@@ -1,4 +1,4 @@
-//! Cluster, group and machine levels (SPEC §2): the most specific level that sets a key
+//! Cluster, group and machine levels (docs/POLICIES.md, "Levels"): the most specific level that sets a key
 //! wins, errors name the file that is wrong, and show-config says where each value
 //! came from.
 

@@ -1,4 +1,4 @@
-//! The retry table (SPEC §5.4), row by row, against the scripted intake: what is
+//! The retry table (docs/DELIVERY.md), row by row, against the scripted intake: what is
 //! retried, how often, what each outcome logs and counts.
 
 mod common;

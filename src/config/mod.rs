@@ -1,4 +1,4 @@
-//! Typed settings (SPEC §2, §2.1) and their loading from the YAML file.
+//! Typed settings (the annotated example `milter-config/tdc-milter.yaml`) and their loading from the YAML file.
 //!
 //! The key names are a contract with administrators: they may be extended, never
 //! renamed. Loading turns every mistake into a [`ConfigError`] that names the file,
@@ -18,7 +18,7 @@ mod yaml_path;
 pub use load::ConfigError;
 pub use values::parse_socket_spec;
 
-/// Default path of the settings file (SPEC §9).
+/// Default path of the settings file (README.md, "Command line").
 pub const DEFAULT_PATH: &str = "/etc/tdc-milter/tdc-milter.yaml";
 
 /// The effective settings of one running daemon.
@@ -26,7 +26,7 @@ pub const DEFAULT_PATH: &str = "/etc/tdc-milter/tdc-milter.yaml";
 pub struct Settings {
     /// The file the settings were read from (for messages): the cluster level.
     pub path: PathBuf,
-    /// The group and machine files that were read, if any (SPEC §2 levels).
+    /// The group and machine files that were read, if any (docs/POLICIES.md, "Levels").
     pub level_files: Vec<PathBuf>,
     /// For each key set in a file (`delivery.lifetime`, `policies`, ...): its level.
     /// Keys not listed have their default.
@@ -202,7 +202,7 @@ pub struct QueueSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// MX of the intake domain, then A/AAAA (SPEC §5.2).
+    /// MX of the intake domain, then A/AAAA (docs/DELIVERY.md, "Routing").
     Dns,
     /// Fixed list of hosts tried in order instead of DNS.
     Static(Vec<HostPort>),
@@ -300,7 +300,7 @@ pub enum Pattern {
     LocalPart(String),
 }
 
-/// The per-policy connector setting (SPEC §2).
+/// The per-policy connector setting (docs/POLICIES.md, "Policies").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Connector {
     /// Inherit the DEFAULT policy's setting.
@@ -313,7 +313,7 @@ pub enum Connector {
     Off,
 }
 
-/// Where a setting came from (SPEC §2 centralized management).
+/// Where a setting came from (docs/POLICIES.md, "Levels").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     /// The main settings file.

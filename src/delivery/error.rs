@@ -1,6 +1,6 @@
 //! Delivery failures, classified where the protocol stage is known.
 //!
-//! The retry table (SPEC §5.4) depends on the stage as much as on the reply: a 5xx to
+//! The retry table (docs/DELIVERY.md) depends on the stage as much as on the reply: a 5xx to
 //! STARTTLS is a TLS failure, EOF during the handshake is a TLS failure, and a 503 to a
 //! pipelined DATA after a refused RCPT is decided by the RCPT reply. So every failure
 //! carries both.
@@ -96,7 +96,7 @@ pub enum Kind {
     Protocol(String),
 }
 
-/// The class of a failure, as the retry table (SPEC §5.4) sees it.
+/// The class of a failure, as the retry table (docs/DELIVERY.md) sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureClass {
     /// TLS failures are hard bounces: they need an administrator, not a retry.

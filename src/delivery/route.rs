@@ -1,4 +1,4 @@
-//! Where to connect for an intake address (SPEC §5.2): the static route, or DNS.
+//! Where to connect for an intake address (docs/DELIVERY.md, "Routing"): the static route, or DNS.
 //!
 //! Through DNS: the MX records of the intake domain in preference order (equal
 //! preferences keep the order of the answer), then the A and AAAA addresses of each MX
@@ -9,7 +9,7 @@
 //!
 //! # How DNS failures are classified
 //!
-//! The retry table (SPEC §5.4) hard-bounces permanent failures and retries temporary
+//! The retry table (docs/DELIVERY.md) hard-bounces permanent failures and retries temporary
 //! ones once, so the classes follow what a retry could change:
 //!
 //! * **Permanent** ([`Kind::DnsPermanent`], a hard bounce, "Bad destination host"):

@@ -1,5 +1,5 @@
 //! Our SMTP client: one session to the intake, STARTTLS required, every failure tagged
-//! with its stage (`DEPENDENCIES.md` §1 says why we own this state machine).
+//! with its stage (docs/ARCHITECTURE.md says why we own this state machine).
 //!
 //! Replies are parsed with smtp-proto; the session keeps one buffered reader for its
 //! whole life so pipelined replies are never lost.
@@ -33,7 +33,7 @@ pub struct Timeouts {
     pub command: Duration,
     pub data_block: Duration,
     /// The reply to the final dot gets at least this long, even past the lifetime
-    /// (SPEC §5.5): giving up early risks a duplicate at the intake.
+    /// (docs/DELIVERY.md, "Decisions of our own"): giving up early risks a duplicate at the intake.
     pub final_reply_grace: Duration,
 }
 
@@ -513,7 +513,7 @@ impl Session {
                 }
             };
             // Decide in protocol order: a 503 to DATA after a refused RCPT is the
-            // RCPT's failure, not a DATA one (SPEC §5.5).
+            // RCPT's failure, not a DATA one (docs/DELIVERY.md, "The retry table").
             expect(Stage::Mail, mail_r, positive)?;
             expect(Stage::Rcpt, rcpt_r, positive)?;
             expect(Stage::Data, data_r, |c| c == 354)?;

@@ -37,7 +37,7 @@ pub const QUEUE_NAME: &str = "the.tdc.queue";
 
 /// New connection attempts to an unreachable intake back off from this...
 const BACKOFF_START: Duration = Duration::from_secs(1);
-/// ...doubling up to this (SPEC §5.5).
+/// ...doubling up to this (docs/DELIVERY.md, "Connections").
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// A journal handed to the queue by the milter.

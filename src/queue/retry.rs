@@ -1,4 +1,4 @@
-//! The retry table (SPEC §5.4), as one pure function.
+//! The retry table (docs/DELIVERY.md), as one pure function.
 
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ pub enum Decision {
 /// `failed_attempts` counts the attempt that just failed.
 pub fn decide(class: FailureClass, failed_attempts: u32, retry_delay: Duration) -> Decision {
     match class {
-        // TLS problems need an administrator, not a retry (SPEC §5.5), and 5xx replies
+        // TLS problems need an administrator, not a retry (docs/DELIVERY.md, "Decisions of our own"), and 5xx replies
         // (other than 503/552) are permanent by definition.
         FailureClass::Tls | FailureClass::Permanent => Decision::HardBounce,
         FailureClass::Transient | FailureClass::Network if failed_attempts <= RETRIES => {

@@ -1,4 +1,4 @@
-//! Cluster, group and machine levels (SPEC §2): the most specific file that sets a
+//! Cluster, group and machine levels (docs/POLICIES.md, "Levels"): the most specific file that sets a
 //! key wins. Sections merge key by key; a list (policies, routes, verdicts) is one key
 //! and is replaced whole, because half of one level's list and half of another's
 //! would be nobody's intent.
