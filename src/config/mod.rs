@@ -15,7 +15,7 @@ mod units;
 mod values;
 mod yaml_path;
 
-pub use load::ConfigError;
+pub use load::{setting_keys, ConfigError};
 pub use values::parse_socket_spec;
 
 /// Default path of the settings file (README.md, "Command line").

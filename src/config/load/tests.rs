@@ -2,7 +2,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
-use crate::config::{HostPort, Pattern, SocketSpec};
+use crate::config::{
+    CertMatch, Connector, HostPort, Pattern, Policy, ResolverSpec, Route, SocketSpec, TlsSettings,
+};
 
 const FILE: &str = "/etc/tdc-milter/tdc-milter.yaml";
 
@@ -1063,4 +1065,44 @@ fn certificate_match_list() {
         22,
         "delivery.tls.match[1]: 'nexthopp' is neither nexthop, dot-nexthop, hostname",
     );
+}
+
+#[test]
+fn show_config_renders_every_key_the_file_may_set() {
+    let s = ok(&with_intake(""));
+    let shown: Vec<String> = crate::config::show::values(&s)
+        .into_iter()
+        .map(|(key, _)| key)
+        .fold(Vec::new(), |mut keys, key| {
+            if keys.last() != Some(&key) {
+                keys.push(key);
+            }
+            keys
+        });
+    assert_eq!(shown, setting_keys(), "show.rs and raw.rs list other keys");
+}
+
+#[test]
+fn every_key_set_at_a_level_is_recorded_as_set_there() {
+    let mut base = RawSettings::default();
+    let over: RawSettings = serde_saphyr::from_str(
+        "enabled: true\nmilter: { idle_timeout: 1s }\ntracking: { max_age: 1h }\n\
+         delivery: { port: 26, tls: { match: [hostname] } }\n",
+    )
+    .expect("parses");
+    let mut origins = Origins::new();
+    levels::overlay(&mut base, over, &mut origins, Level::Group, 1);
+    let set: Vec<&str> = origins.keys().map(String::as_str).collect();
+    assert_eq!(
+        set,
+        [
+            "delivery.port",
+            "delivery.tls.match",
+            "enabled",
+            "milter.idle_timeout",
+            "tracking.max_age"
+        ]
+    );
+    assert!(origins.values().all(|o| *o == (Level::Group, 1)));
+    assert!(base.tracking.and_then(|t| t.max_age).is_some());
 }
