@@ -163,19 +163,51 @@ impl Controller {
     }
 
     /// The JSON answer to one request line.
-    pub fn answer(&self, request: &str) -> String {
-        let result = match request.trim() {
-            "tophosts" => serde_json::to_string(&self.tophosts()),
-            "status" => serde_json::to_string(&self.status()),
-            line if line.starts_with("track ") => {
-                serde_json::to_string(&self.track(line["track ".len()..].trim()))
-            }
-            other => Ok(serde_json::json!({
-                "error": format!("unknown request {:?}; expected tophosts, status or track KEY", crate::tdclog::sanitize(other))
-            })
-            .to_string()),
+    pub fn answer(&self, line: &str) -> String {
+        let result = match Request::parse(line) {
+            Ok(Request::TopHosts) => serde_json::to_string(&self.tophosts()),
+            Ok(Request::Status) => serde_json::to_string(&self.status()),
+            Ok(Request::Track(key)) => serde_json::to_string(&self.track(&key)),
+            Err(unknown) => Ok(serde_json::json!({ "error": unknown }).to_string()),
         };
         result.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+    }
+}
+
+/// What the CLI may ask the daemon: one line on the wire, written by [`Request`]'s
+/// `Display` and read by [`Request::parse`], so the two ends cannot drift apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    TopHosts,
+    Status,
+    /// `track KEY`: a MID, an MTA queue ID or a Message-ID.
+    Track(String),
+}
+
+impl Request {
+    /// Reads a request line. The error is the message the client is answered with.
+    pub fn parse(line: &str) -> Result<Request, String> {
+        match line.trim() {
+            "tophosts" => Ok(Request::TopHosts),
+            "status" => Ok(Request::Status),
+            line => match line.strip_prefix("track ") {
+                Some(key) if !key.trim().is_empty() => Ok(Request::Track(key.trim().to_string())),
+                _ => Err(format!(
+                    "unknown request {:?}; expected tophosts, status or track KEY",
+                    crate::tdclog::sanitize(line)
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::TopHosts => f.write_str("tophosts"),
+            Request::Status => f.write_str("status"),
+            Request::Track(key) => write!(f, "track {key}"),
+        }
     }
 }
 
@@ -263,7 +295,8 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-/// Sends one request to the daemon and returns its JSON answer.
+/// Sends one request line (a [`Request`], written out) to the daemon and returns its
+/// JSON answer.
 pub fn request(path: &Path, command: &str) -> Result<String, ClientError> {
     let shown = path.display().to_string();
     let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
@@ -447,6 +480,32 @@ pub fn render_status(s: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_reads_back_as_itself() {
+        for request in [
+            Request::TopHosts,
+            Request::Status,
+            Request::Track("<a b@example.com>".into()),
+        ] {
+            assert_eq!(Request::parse(&request.to_string()), Ok(request));
+        }
+        assert_eq!(
+            Request::parse("  track  Q7CLEAN \n"),
+            Ok(Request::Track("Q7CLEAN".into()))
+        );
+        for bad in [
+            "",
+            "track",
+            "track  ",
+            "frobnicate",
+            "Status",
+            "tophosts now",
+        ] {
+            let error = Request::parse(bad).expect_err(bad);
+            assert!(error.starts_with("unknown request"), "{error}");
+        }
+    }
 
     #[test]
     fn tophosts_has_the_appliance_columns() {

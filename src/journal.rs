@@ -200,15 +200,18 @@ fn report_text(envelope: &Envelope<'_>, original: &Original<'_>) -> String {
     let sender = if original.sender.is_empty() {
         "<>".to_string()
     } else {
-        one_line(original.sender)
+        controls_to_spaces(original.sender)
     };
     text.push_str(&format!("Sender: {sender}\r\n"));
     let subject = original.subject.map(decode_subject).unwrap_or_default();
     text.push_str(&format!("Subject: {subject}\r\n"));
-    let message_id = original.message_id.map(one_line).unwrap_or_default();
+    let message_id = original
+        .message_id
+        .map(controls_to_spaces)
+        .unwrap_or_default();
     text.push_str(&format!("Message-Id: {message_id}\r\n"));
     for recipient in envelope.recipients {
-        text.push_str(&format!("Recipient: {}\r\n", one_line(recipient)));
+        text.push_str(&format!("Recipient: {}\r\n", controls_to_spaces(recipient)));
     }
     text
 }
@@ -225,10 +228,10 @@ fn decode_subject(raw: &[u8]) -> String {
         .parse_headers(&header)
         .and_then(|m| m.subject().map(str::to_string))
         .unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned());
-    one_line(decoded.trim())
+    controls_to_spaces(decoded.trim())
 }
 
-fn one_line(value: &str) -> String {
+fn controls_to_spaces(value: &str) -> String {
     value
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

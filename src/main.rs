@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use indymilter::EitherListener;
 use tdc_milter::config::{MilterSettings, Settings, SocketSpec, DEFAULT_PATH};
-use tdc_milter::control;
+use tdc_milter::control::{self, Request};
 use tdc_milter::milter::listener::QuickAckListener;
 use tdc_milter::queue::lock::SpoolLock;
 use tdc_milter::tdclog::Log;
@@ -98,9 +98,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Tophosts { json } => ask(&cli.config, "tophosts", json),
+        Command::Tophosts { json } => ask(&cli.config, Request::TopHosts, json),
         Command::Status { check: true, .. } => status_check(&cli.config),
-        Command::Status { json, .. } => ask(&cli.config, "status", json),
+        Command::Status { json, .. } => ask(&cli.config, Request::Status, json),
         Command::Probe { address, json } => probe(&cli.config, address.as_deref(), json),
         Command::Track { key, json } => {
             // One request is one line: a key with a line break cannot be asked for.
@@ -108,7 +108,7 @@ fn main() -> ExitCode {
                 eprintln!("tdc-milter: the key must be on one line");
                 return ExitCode::FAILURE;
             }
-            ask(&cli.config, &format!("track {key}"), json)
+            ask(&cli.config, Request::Track(key), json)
         }
         Command::Run { log, allow_root } => {
             if rustix::process::geteuid().is_root() && !allow_root {
@@ -147,7 +147,7 @@ fn check_config(path: &Path) -> ExitCode {
 }
 
 /// Asks the running daemon through its control socket and prints the answer.
-fn ask(path: &Path, request: &str, json: bool) -> ExitCode {
+fn ask(path: &Path, request: Request, json: bool) -> ExitCode {
     let settings = match Settings::load(path) {
         Ok(s) => s,
         Err(e) => {
@@ -155,7 +155,7 @@ fn ask(path: &Path, request: &str, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let answer = match control::request(&settings.control.socket, request) {
+    let answer = match control::request(&settings.control.socket, &request.to_string()) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("tdc-milter: {e}");
@@ -171,9 +171,9 @@ fn ask(path: &Path, request: &str, json: bool) -> ExitCode {
         Ok(if json { pretty(&value) } else { render(&value) })
     }
     let rendered = match request {
-        "tophosts" => show(&answer, json, control::render_tophosts),
-        "status" => show(&answer, json, control::render_status),
-        _ => show(&answer, json, control::render_tracked),
+        Request::TopHosts => show(&answer, json, control::render_tophosts),
+        Request::Status => show(&answer, json, control::render_status),
+        Request::Track(_) => show(&answer, json, control::render_tracked),
     };
     match rendered {
         Ok(text) => {
@@ -197,7 +197,7 @@ fn status_check(path: &Path) -> ExitCode {
     let judged = Settings::load(path)
         .map_err(|e| format!("settings unreadable: {e}"))
         .and_then(|settings| {
-            let answer = control::request(&settings.control.socket, "status")
+            let answer = control::request(&settings.control.socket, &Request::Status.to_string())
                 .map_err(|e| format!("daemon not reachable: {e}"))?;
             let status: control::Status = serde_json::from_str(&answer)
                 .map_err(|e| format!("unexpected answer from the daemon: {e}"))?;

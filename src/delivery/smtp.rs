@@ -180,7 +180,7 @@ fn parse_reply(raw: &[u8]) -> Result<Reply, Kind> {
     Ok(Reply {
         code: parsed.code,
         enhanced,
-        text: one_line(&parsed.message),
+        text: join_reply_lines(&parsed.message),
     })
 }
 
@@ -221,7 +221,7 @@ fn parse_ehlo(raw: &[u8]) -> Capabilities {
     }
 }
 
-fn one_line(text: &str) -> String {
+fn join_reply_lines(text: &str) -> String {
     text.split(['\r', '\n'])
         .map(str::trim)
         .filter(|l| !l.is_empty())

@@ -561,7 +561,7 @@ fn unfinished_write(disk: &dyn Storage, path: &Path) -> bool {
 
 /// Header values are ours or sanitised, but a Message-ID may hold anything: keep each
 /// value on its line.
-fn one_line(value: &str) -> String {
+fn line_breaks_to_spaces(value: &str) -> String {
     value
         .chars()
         .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
@@ -573,11 +573,11 @@ fn render_header(e: &SpoolEntry, crc: u32) -> String {
         "{MAGIC}\nmid {}\nenqueued-ms {}\nintake {}\nsender {}\neight-bit {}\nqueue-id {}\nmessage-id {}\nsize {}\ncrc32 {crc:08x}\n\n",
         e.mid,
         e.enqueued_ms,
-        one_line(&e.intake),
-        one_line(&e.sender),
+        line_breaks_to_spaces(&e.intake),
+        line_breaks_to_spaces(&e.sender),
         u8::from(e.eight_bit),
-        one_line(&e.queue_id),
-        one_line(&e.message_id),
+        line_breaks_to_spaces(&e.queue_id),
+        line_breaks_to_spaces(&e.message_id),
         e.size
     )
 }

@@ -49,7 +49,7 @@ impl ConfigError {
         ConfigError::Invalid {
             path: path.to_path_buf(),
             location,
-            message: one_line(message.as_ref()),
+            message: escape_controls(message.as_ref()),
         }
     }
 
@@ -81,7 +81,7 @@ impl ConfigError {
 
 /// Values from the file may hold line breaks or control characters (quoted scalars);
 /// the message must stay one printable line.
-fn one_line(message: &str) -> String {
+fn escape_controls(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     for c in message.chars() {
         if c.is_control() {
