@@ -221,7 +221,7 @@ impl Collector for QueueCollector {
             "delivery_failures",
             "Failed delivery attempts by class of the retry table.",
             "class",
-            ["tls", "permanent", "transient", "network"]
+            ["tls", "permanent", "transient", "network", "internal"]
                 .map(|c| (c, failures.get(c).copied().unwrap_or(0))),
         )?;
         counters_by(

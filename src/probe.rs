@@ -10,7 +10,9 @@ use tokio::time::Instant;
 
 use crate::config::Settings;
 use crate::delivery::cert_match::describe;
-use crate::delivery::{Deliverer, DeliveryError, FailureClass, Kind, Stage};
+use crate::delivery::{
+    Deliverer, DeliveryError, FailureClass, Kind, Stage, TlsFailure, TlsProblem,
+};
 use crate::tdclog::Log;
 
 /// The probe gives up on one host after this long (or the journal lifetime, if shorter).
@@ -58,22 +60,22 @@ impl Report {
     }
 }
 
-/// Plain words for a certificate problem from rustls's error text.
-fn certificate_words(detail: &str) -> String {
-    if detail.contains("UnknownIssuer") || detail.contains("BadSignature") {
-        "the certificate is not signed by a CA we trust (the system store, plus delivery.tls.ca_file if set)".into()
-    } else if detail.contains("not valid for the intake") {
-        format!(
+/// Plain words for a failed TLS handshake.
+fn certificate_words(failure: &TlsFailure) -> String {
+    let detail = &failure.detail;
+    match failure.problem {
+        TlsProblem::UntrustedIssuer => "the certificate is not signed by a CA we trust (the system store, plus delivery.tls.ca_file if set)".into(),
+        TlsProblem::NotTheIntake => format!(
             "the certificate carries no name that delivery.tls.match accepts ({detail}); if this host really is the intake, add its name or domain to the list"
-        )
-    } else if detail.contains("not valid for name") || detail.contains("NotValidForName") {
-        format!("the certificate is not valid for the name we connected to ({detail})")
-    } else if detail.contains("Expired") {
-        "the certificate has expired".into()
-    } else if detail.contains("NotValidYet") {
-        "the certificate is not valid yet (check this machine's clock)".into()
-    } else {
-        detail.to_string()
+        ),
+        TlsProblem::WrongName => {
+            format!("the certificate is not valid for the name we connected to ({detail})")
+        }
+        TlsProblem::Expired => "the certificate has expired".into(),
+        TlsProblem::NotValidYet => {
+            "the certificate is not valid yet (check this machine's clock)".into()
+        }
+        TlsProblem::Other => detail.clone(),
     }
 }
 

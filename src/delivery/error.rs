@@ -80,7 +80,7 @@ pub enum Kind {
     /// The server does not offer STARTTLS, or refused it: we never send in plaintext.
     TlsUnavailable(String),
     /// The TLS handshake failed (certificate, version, alert, EOF during the handshake).
-    Tls(String),
+    Tls(TlsFailure),
     /// The journal has 8-bit content and the intake does not offer 8BITMIME; we never
     /// re-encode the original.
     No8BitMime,
@@ -94,6 +94,42 @@ pub enum Kind {
     DnsTemporary(String),
     /// The server's bytes are not SMTP.
     Protocol(String),
+}
+
+/// A failed TLS handshake: what it was about, read from rustls's error type rather
+/// than its wording (so `probe` can explain it), and the text for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFailure {
+    pub problem: TlsProblem,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsProblem {
+    /// The chain does not end at a trusted CA, or a signature in it is bad.
+    UntrustedIssuer,
+    /// Trusted, but it names no host that `delivery.tls.match` accepts.
+    NotTheIntake,
+    /// Trusted, but not valid for the name we connected to.
+    WrongName,
+    Expired,
+    NotValidYet,
+    /// Anything else: the protocol version, an alert, EOF, plaintext after STARTTLS.
+    Other,
+}
+
+impl TlsFailure {
+    pub fn new(problem: TlsProblem, detail: impl Into<String>) -> TlsFailure {
+        TlsFailure {
+            problem,
+            detail: detail.into(),
+        }
+    }
+
+    /// A failure that is not about the certificate.
+    pub fn other(detail: impl Into<String>) -> TlsFailure {
+        TlsFailure::new(TlsProblem::Other, detail)
+    }
 }
 
 /// The class of a failure, as the retry table (docs/DELIVERY.md) sees it.
@@ -172,7 +208,7 @@ impl fmt::Display for DeliveryError {
         match &self.kind {
             Kind::Reply(r) => write!(f, "{stage}: server replied {r}"),
             Kind::TlsUnavailable(why) => write!(f, "{stage}: {why}"),
-            Kind::Tls(why) => write!(f, "{stage}: TLS failure: {why}"),
+            Kind::Tls(why) => write!(f, "{stage}: TLS failure: {}", why.detail),
             Kind::No8BitMime => write!(
                 f,
                 "{stage}: the journal has 8-bit content and the intake does not offer 8BITMIME"
@@ -211,7 +247,7 @@ mod tests {
         assert_eq!(reply(Stage::Greeting, 421).class(), FailureClass::Transient);
         assert_eq!(reply(Stage::StartTls, 454).class(), FailureClass::Tls);
         assert_eq!(reply(Stage::StartTls, 502).class(), FailureClass::Tls);
-        let eof = DeliveryError::new(Stage::TlsHandshake, Kind::Tls("eof".into()));
+        let eof = DeliveryError::new(Stage::TlsHandshake, Kind::Tls(TlsFailure::other("eof")));
         assert_eq!(eof.class(), FailureClass::Tls);
         let none = DeliveryError::new(Stage::Ehlo, Kind::TlsUnavailable("no".into()));
         assert_eq!(none.class(), FailureClass::Tls);

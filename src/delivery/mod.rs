@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-pub use error::{DeliveryError, FailureClass, Kind, Reply, Stage};
+pub use error::{DeliveryError, FailureClass, Kind, Reply, Stage, TlsFailure, TlsProblem};
 
 use crate::config::Settings;
 use crate::tdclog::{Event, Log};

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::client::TlsStream;
 
-use super::error::{DeliveryError, Kind, Reply, Stage};
+use super::error::{DeliveryError, Kind, Reply, Stage, TlsFailure, TlsProblem};
 use super::route::Target;
 use super::tls;
 use crate::tdclog::{Event, Log};
@@ -373,7 +373,7 @@ impl Dialer<'_> {
         if !plain.io.buffer().is_empty() {
             return Err(DeliveryError::new(
                 Stage::StartTls,
-                Kind::Tls("plaintext data after the STARTTLS reply".into()),
+                Kind::Tls(TlsFailure::other("plaintext data after the STARTTLS reply")),
             ));
         }
         let tcp = plain.io.into_inner();
@@ -381,10 +381,10 @@ impl Dialer<'_> {
         let Some(name) = tls::server_name(&target.tls_name) else {
             return Err(DeliveryError::new(
                 Stage::TlsHandshake,
-                Kind::Tls(format!(
+                Kind::Tls(TlsFailure::other(format!(
                     "'{}' is not a valid TLS server name",
                     target.tls_name
-                )),
+                ))),
             ));
         };
         let connector = tls_client.connector(&target.nexthop, &target.tls_name);
@@ -435,21 +435,38 @@ fn route_source(peer: SocketAddr) -> Option<IpAddr> {
 }
 
 /// A handshake failure in words: the rustls error when there is one, EOF otherwise.
-fn handshake_error(e: &std::io::Error) -> String {
+fn handshake_error(e: &std::io::Error) -> TlsFailure {
     if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         if let Some(ours) = super::cert_match::not_the_intake(inner) {
-            return format!("invalid peer certificate: {ours}");
+            return TlsFailure::new(
+                TlsProblem::NotTheIntake,
+                format!("invalid peer certificate: {ours}"),
+            );
         }
-        return inner.to_string();
+        return TlsFailure::new(tls_problem(inner), inner.to_string());
     }
     match e.kind() {
         // What a server that speaks only TLS 1.0 or 1.1 does to our hello (OpenSSL
         // without an alert): worth naming, as it is the likeliest cause.
-        std::io::ErrorKind::UnexpectedEof => {
-            "connection closed during the TLS handshake (does the server support TLS 1.2 or later?)"
-                .into()
-        }
-        _ => e.to_string(),
+        std::io::ErrorKind::UnexpectedEof => TlsFailure::other(
+            "connection closed during the TLS handshake (does the server support TLS 1.2 or later?)",
+        ),
+        _ => TlsFailure::other(e.to_string()),
+    }
+}
+
+/// What a rustls error says about the certificate, if anything.
+fn tls_problem(e: &rustls::Error) -> TlsProblem {
+    use rustls::CertificateError as C;
+    let rustls::Error::InvalidCertificate(cert) = e else {
+        return TlsProblem::Other;
+    };
+    match cert {
+        C::UnknownIssuer | C::BadSignature => TlsProblem::UntrustedIssuer,
+        C::NotValidForName | C::NotValidForNameContext { .. } => TlsProblem::WrongName,
+        C::Expired | C::ExpiredContext { .. } => TlsProblem::Expired,
+        C::NotValidYet | C::NotValidYetContext { .. } => TlsProblem::NotValidYet,
+        _ => TlsProblem::Other,
     }
 }
 
@@ -663,6 +680,24 @@ pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_problems_are_read_from_the_error_type() {
+        use rustls::CertificateError as C;
+        let problem = |c: C| tls_problem(&rustls::Error::InvalidCertificate(c));
+        assert_eq!(problem(C::UnknownIssuer), TlsProblem::UntrustedIssuer);
+        assert_eq!(problem(C::BadSignature), TlsProblem::UntrustedIssuer);
+        assert_eq!(problem(C::NotValidForName), TlsProblem::WrongName);
+        assert_eq!(problem(C::Expired), TlsProblem::Expired);
+        assert_eq!(problem(C::NotValidYet), TlsProblem::NotValidYet);
+        assert_eq!(problem(C::Revoked), TlsProblem::Other);
+        assert_eq!(
+            tls_problem(&rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::Tls12NotOffered
+            )),
+            TlsProblem::Other
+        );
+    }
 
     #[test]
     fn dot_stuffing() {

@@ -7,6 +7,7 @@
 //! connection workers per intake domain; a worker delivers journal after journal on
 //! one connection (RSET between) and exits when the queue has nothing for it.
 
+mod attempt;
 pub mod lock;
 #[cfg(test)]
 mod power_loss;
@@ -29,6 +30,7 @@ use crate::config::Settings;
 use crate::delivery::{Deliverer, DeliveryError, FailureClass, Job, Kind, Reply};
 use crate::stats::Stats;
 use crate::tdclog::{self, Event, Log};
+use attempt::{AttemptError, InternalError};
 use retry::Decision;
 use spool::{Spool, SpoolEntry, SpoolError};
 
@@ -498,7 +500,7 @@ impl Shared {
     }
 
     /// Records the outcome of one attempt and decides what follows.
-    fn finish(&self, mid: u64, result: Result<Reply, DeliveryError>) {
+    fn finish(&self, mid: u64, result: Result<Reply, AttemptError>) {
         match result {
             Ok(_) => {
                 let Some(q) = self.forget(mid) else { return };
@@ -515,14 +517,14 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    fn failed(&self, mid: u64, error: &DeliveryError) {
+    fn failed(&self, mid: u64, error: &AttemptError) {
         let detail = error.to_string();
         self.log.event(Event::FailureDetail {
             mid,
             detail: &detail,
         });
         self.stats.failure(mid, &detail);
-        self.stats.failure_class(error.class().name());
+        self.stats.failure_class(error.class_name());
         let (attempts, deadline, entry) = {
             let state = self.lock();
             let Some(q) = state.journals.get(&mid) else {
@@ -536,7 +538,7 @@ impl Shared {
             }
             return;
         }
-        match retry::decide(error.class(), attempts, self.limits.retry_delay) {
+        match retry::decide(error.cause(), attempts, self.limits.retry_delay) {
             Decision::Retry(delay) => {
                 match self.spool.record_attempt(&entry, attempts) {
                     Ok(()) => self.spool_in_background(mid, Spool::sync_attempts),
@@ -561,14 +563,14 @@ impl Shared {
             Decision::HardBounce => {
                 let Some(q) = self.forget(mid) else { return };
                 // The appliance's sequence for an intake domain that cannot receive mail.
-                let bad_host = match &error.kind {
-                    Kind::DnsPermanent(detail) => Some(detail.as_str()),
+                let bad_host = match error.delivery().map(|e| &e.kind) {
+                    Some(Kind::DnsPermanent(detail)) => Some(detail.as_str()),
                     _ => None,
                 };
                 if let Some(detail) = bad_host {
                     self.log.event(Event::BadDestinationHost { detail });
                 }
-                if error.class() == FailureClass::Tls {
+                if error.cause() == retry::Cause::Delivery(FailureClass::Tls) {
                     self.log.event(Event::TlsFailed { mid });
                 } else {
                     self.log.event(Event::HardBounced { mid });
@@ -828,7 +830,7 @@ struct Held<'a> {
 
 impl Held<'_> {
     /// Reports the outcome of the held journal's attempt.
-    fn finish(&mut self, result: Result<Reply, DeliveryError>) {
+    fn finish(&mut self, result: Result<Reply, AttemptError>) {
         if let Some(mid) = self.mid.take() {
             self.shared.finish(mid, result);
         }
@@ -844,10 +846,7 @@ impl Held<'_> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.finish(Err(DeliveryError::new(
-            crate::delivery::Stage::Message,
-            Kind::Protocol("the delivery worker failed (a bug: please report it)".into()),
-        )));
+        self.finish(Err(AttemptError::Internal(InternalError::WorkerFailed)));
     }
 }
 
@@ -863,35 +862,41 @@ async fn run_connection(shared: &Arc<Shared>, domain: &str, slot: &mut Slot<'_>)
         Ok(c) => c,
         Err(e) => {
             shared.connection_failed(domain, &e);
-            held.finish(Err(e));
+            held.finish(Err(e.into()));
             return;
         }
     };
     shared.connection_succeeded(domain);
     slot.opened();
-    let mut next = Some((first, deadline));
+    let (mut entry, mut deadline) = (first, deadline);
     let mut sent = 0;
-    while let Some((entry, deadline)) = next.take() {
-        let job = match load_job(shared, &entry, deadline).await {
-            Ok(job) => job,
+    loop {
+        match load_job(shared, &entry, deadline).await {
+            Ok(job) => {
+                // RSET only between transactions; a journal skipped unread started none.
+                if sent > 0 && connection.reset(deadline).await.is_err() {
+                    held.put_back();
+                    return;
+                }
+                let result = connection.send(&job).await;
+                sent += 1;
+                let usable = !matches!(&result, Err(e) if e.is_connection_level());
+                held.finish(result.map_err(AttemptError::Delivery));
+                if !usable {
+                    return;
+                }
+            }
+            // Our failure, not the connection's: the next journal can still go on it.
             Err(e) => {
+                let error = e.to_string();
                 shared.log.event(Event::SpoolFailure {
                     mid: entry.mid,
-                    error: &e.to_string(),
+                    error: &error,
                 });
-                held.finish(Err(DeliveryError::new(
-                    crate::delivery::Stage::Mail,
-                    Kind::Protocol(format!("spool file unreadable: {e}")),
-                )));
-                continue;
+                held.finish(Err(AttemptError::Internal(InternalError::SpoolUnreadable(
+                    error,
+                ))));
             }
-        };
-        let result = connection.send(&job).await;
-        sent += 1;
-        let usable = !matches!(&result, Err(e) if e.is_connection_level());
-        held.finish(result);
-        if !usable {
-            return;
         }
         if sent >= shared.limits.per_connection
             || shared.stopping.load(Ordering::Relaxed)
@@ -899,15 +904,11 @@ async fn run_connection(shared: &Arc<Shared>, domain: &str, slot: &mut Slot<'_>)
         {
             break;
         }
-        let Some((entry, deadline)) = shared.take(domain) else {
+        let Some(next) = shared.take(domain) else {
             break;
         };
-        held.mid = Some(entry.mid);
-        if connection.reset(deadline).await.is_err() {
-            held.put_back();
-            return;
-        }
-        next = Some((entry, deadline));
+        held.mid = Some(next.0.mid);
+        (entry, deadline) = next;
     }
     connection.close().await;
 }
