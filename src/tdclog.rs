@@ -121,10 +121,12 @@ pub enum Event<'a> {
         mid: u64,
         lifetime_secs: u64,
     },
-    /// The intake domain cannot receive mail (NXDOMAIN, null MX, no address); `detail`
-    /// is the DNS failure as `NAME TYPE - REASON`.
+    /// The intake domain cannot receive mail (NXDOMAIN, null MX, no address): the
+    /// lookup that said so.
     BadDestinationHost {
-        detail: &'a str,
+        name: &'a str,
+        qtype: &'a str,
+        reason: &'a str,
     },
     /// Journals found in the spool at start.
     Recovered {
@@ -322,9 +324,15 @@ impl fmt::Display for Event<'_> {
                 f,
                 "TDC: MID {mid} removed from the.tdc.queue: not delivered within its lifetime of {lifetime_secs} s"
             ),
-            Event::BadDestinationHost { detail } => {
-                write!(f, "TDC: Hard bounced - {}", bad_destination_host(detail))
-            }
+            Event::BadDestinationHost {
+                name,
+                qtype,
+                reason,
+            } => write!(
+                f,
+                "TDC: Hard bounced - {}",
+                bad_destination_host(name, qtype, reason)
+            ),
             Event::Recovered { count } => {
                 write!(f, "TDC: {count} journals recovered from the spool")
             }
@@ -426,11 +434,9 @@ impl fmt::Display for Event<'_> {
 }
 
 /// The appliance's response text for an intake domain that cannot receive mail; it
-/// appears in the `Hard bounced` and the `Bounced` lines. `detail` is the DNS failure
-/// as `NAME TYPE - REASON`.
-pub fn bad_destination_host(detail: &str) -> String {
-    let (lookup, reason) = detail.rsplit_once(" - ").unwrap_or((detail, ""));
-    let (name, qtype) = lookup.rsplit_once(' ').unwrap_or((lookup, "MX"));
+/// appears in the `Hard bounced` and the `Bounced` lines: the lookup of `name` for
+/// records of type `qtype` failed for `reason`.
+pub fn bad_destination_host(name: &str, qtype: &str, reason: &str) -> String {
     format!(
         "5.1.2 - Bad destination host ('000', ['DNS Hard Error looking up {} ({}) : {}'])",
         sanitize(name),
@@ -727,7 +733,9 @@ mod tests {
         );
         assert_eq!(
             Event::BadDestinationHost {
-                detail: "outbound.cisco.om MX - NXDomain"
+                name: "outbound.cisco.om",
+                qtype: "MX",
+                reason: "NXDomain"
             }
             .to_string(),
             "TDC: Hard bounced - 5.1.2 - Bad destination host ('000', ['DNS Hard Error looking up outbound.cisco.om (MX) : NXDomain'])"

@@ -53,7 +53,7 @@ fn target(address: &str, tls_name: &str, nexthop: &str) -> Target {
 fn assert_permanent(e: &DeliveryError, text: &str) {
     assert_eq!(e.stage, Stage::Dns, "{e}");
     match &e.kind {
-        Kind::DnsPermanent(detail) => assert!(detail.contains(text), "{detail:?}"),
+        Kind::DnsPermanent(detail) => assert!(detail.to_string().contains(text), "{detail:?}"),
         other => panic!("expected a permanent DNS failure, got {other:?}"),
     }
     assert_eq!(e.class(), FailureClass::Permanent);
@@ -62,7 +62,7 @@ fn assert_permanent(e: &DeliveryError, text: &str) {
 fn assert_temporary(e: &DeliveryError, text: &str) {
     assert_eq!(e.stage, Stage::Dns, "{e}");
     match &e.kind {
-        Kind::DnsTemporary(detail) => assert!(detail.contains(text), "{detail:?}"),
+        Kind::DnsTemporary(detail) => assert!(detail.to_string().contains(text), "{detail:?}"),
         other => panic!("expected a temporary DNS failure, got {other:?}"),
     }
     assert_eq!(e.class(), FailureClass::Network);
@@ -139,7 +139,7 @@ async fn nxdomain_is_permanent_and_not_retried() {
         unreachable!()
     };
     // The appliance logs `DNS Error esa.example.com MX - NXDomain`.
-    assert_eq!(detail, "esa.example.com MX - NXDomain");
+    assert_eq!(detail.to_string(), "esa.example.com MX - NXDomain");
     assert_eq!(e.to_string(), "DNS: esa.example.com MX - NXDomain");
     assert_eq!(dns.count("esa.example.com", RecordType::MX), 1);
     assert_eq!(dns.queries().len(), 1, "{:?}", dns.queries());

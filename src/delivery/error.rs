@@ -89,11 +89,60 @@ pub enum Kind {
     /// No reply within the stage's time limit.
     Timeout,
     /// The intake domain does not exist, has a null MX, or has no address.
-    DnsPermanent(String),
+    DnsPermanent(DnsFailure),
     /// SERVFAIL, timeouts and other DNS trouble that may pass.
-    DnsTemporary(String),
+    DnsTemporary(DnsFailure),
     /// The server's bytes are not SMTP.
     Protocol(String),
+}
+
+/// Why routing through DNS found nowhere to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsFailure {
+    /// A lookup failed; shown as the appliance logs it, `NAME TYPE - REASON`
+    /// (`intake.example.net MX - NXDomain`).
+    Lookup {
+        name: String,
+        qtype: String,
+        reason: String,
+    },
+    /// The lookups answered, but left no address to connect to.
+    NoUsableHost { what: String },
+}
+
+impl DnsFailure {
+    pub fn lookup(name: &str, qtype: &str, reason: impl Into<String>) -> DnsFailure {
+        DnsFailure::Lookup {
+            name: name.to_string(),
+            qtype: qtype.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Name, record type and reason, for the appliance's "Bad destination host" text.
+    pub fn parts(&self) -> (&str, &str, &str) {
+        match self {
+            DnsFailure::Lookup {
+                name,
+                qtype,
+                reason,
+            } => (name, qtype, reason),
+            DnsFailure::NoUsableHost { what } => (what, "MX", "NoHost"),
+        }
+    }
+}
+
+impl fmt::Display for DnsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DnsFailure::Lookup {
+                name,
+                qtype,
+                reason,
+            } => write!(f, "{name} {qtype} - {reason}"),
+            DnsFailure::NoUsableHost { what } => write!(f, "{what} has no usable mail host"),
+        }
+    }
 }
 
 /// A failed TLS handshake: what it was about, read from rustls's error type rather
@@ -227,6 +276,21 @@ impl std::error::Error for DeliveryError {}
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_dns_failure_reads_as_the_appliance_writes_it() {
+        let nx = DnsFailure::lookup("intake.example.net", "MX", "NXDomain");
+        assert_eq!(nx.to_string(), "intake.example.net MX - NXDomain");
+        assert_eq!(nx.parts(), ("intake.example.net", "MX", "NXDomain"));
+        let none = DnsFailure::NoUsableHost {
+            what: "intake.example.net".into(),
+        };
+        assert_eq!(
+            none.to_string(),
+            "intake.example.net has no usable mail host"
+        );
+        assert_eq!(none.parts(), ("intake.example.net", "MX", "NoHost"));
+    }
+
     fn reply(stage: Stage, code: u16) -> DeliveryError {
         DeliveryError::new(
             stage,
@@ -258,7 +322,11 @@ mod tests {
             FailureClass::Network
         );
         assert_eq!(
-            DeliveryError::new(Stage::Dns, Kind::DnsPermanent("nx".into())).class(),
+            DeliveryError::new(
+                Stage::Dns,
+                Kind::DnsPermanent(DnsFailure::lookup("a.test", "MX", "NXDomain"))
+            )
+            .class(),
             FailureClass::Permanent
         );
         assert_eq!(

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-pub use error::{DeliveryError, FailureClass, Kind, Reply, Stage, TlsFailure, TlsProblem};
+pub use error::{
+    DeliveryError, DnsFailure, FailureClass, Kind, Reply, Stage, TlsFailure, TlsProblem,
+};
 
 use crate::config::Settings;
 use crate::tdclog::{Event, Log};
@@ -105,16 +107,20 @@ impl Deliverer {
             .unwrap_or_else(|_| {
                 Err(DeliveryError::new(
                     Stage::Dns,
-                    Kind::DnsTemporary(format!(
-                        "{domain} MX - Timeout (the lookup outlasted the journal's lifetime)"
+                    Kind::DnsTemporary(DnsFailure::lookup(
+                        domain,
+                        "MX",
+                        "Timeout (the lookup outlasted the journal's lifetime)",
                     )),
                 ))
             });
         let targets = match routed {
             Ok(t) => t,
             Err(e) => {
-                if let Kind::DnsPermanent(detail) | Kind::DnsTemporary(detail) = &e.kind {
-                    self.log.event(Event::DnsError { detail });
+                if let Kind::DnsPermanent(failure) | Kind::DnsTemporary(failure) = &e.kind {
+                    self.log.event(Event::DnsError {
+                        detail: &failure.to_string(),
+                    });
                 }
                 return Err(e);
             }
@@ -144,7 +150,7 @@ impl Deliverer {
         Err(last_error.unwrap_or_else(|| {
             DeliveryError::new(
                 Stage::Dns,
-                Kind::DnsPermanent(format!("{domain} MX - NoHost")),
+                Kind::DnsPermanent(DnsFailure::lookup(domain, "MX", "NoHost")),
             )
         }))
     }

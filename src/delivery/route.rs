@@ -41,7 +41,7 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData};
 use hickory_resolver::TokioResolver;
 
-use super::error::{DeliveryError, Kind, Stage};
+use super::error::{DeliveryError, DnsFailure, Kind, Stage};
 use crate::config::{ResolverSpec, Route};
 
 /// Time limit for one DNS query round with a configured name server.
@@ -256,7 +256,9 @@ impl Found {
             .unwrap_or_else(|| {
                 DeliveryError::new(
                     Stage::Dns,
-                    Kind::DnsPermanent(format!("{what} has no usable mail host")),
+                    Kind::DnsPermanent(DnsFailure::NoUsableHost {
+                        what: what.to_string(),
+                    }),
                 )
             }))
     }
@@ -298,7 +300,7 @@ fn classify(name: &str, qtype: &str, e: &NetError) -> DeliveryError {
     } else {
         DeliveryError::new(
             Stage::Dns,
-            Kind::DnsTemporary(format!("{name} {qtype} - {reason}")),
+            Kind::DnsTemporary(DnsFailure::lookup(name, qtype, reason)),
         )
     }
 }
@@ -306,7 +308,7 @@ fn classify(name: &str, qtype: &str, e: &NetError) -> DeliveryError {
 fn permanent(name: &str, qtype: &str, reason: &str) -> DeliveryError {
     DeliveryError::new(
         Stage::Dns,
-        Kind::DnsPermanent(format!("{name} {qtype} - {reason}")),
+        Kind::DnsPermanent(DnsFailure::lookup(name, qtype, reason)),
     )
 }
 
@@ -351,27 +353,43 @@ mod tests {
         let refused = NetError::from(DnsError::ResponseCode(ResponseCode::Refused));
         assert_eq!(
             classify("esa.example.com", "MX", &nx),
-            error(Kind::DnsPermanent("esa.example.com MX - NXDomain".into()))
+            error(Kind::DnsPermanent(DnsFailure::lookup(
+                "esa.example.com",
+                "MX",
+                "NXDomain"
+            )))
         );
         assert_eq!(
             classify("a.test", "A", &nodata),
-            error(Kind::DnsPermanent("a.test A - NoData".into()))
+            error(Kind::DnsPermanent(DnsFailure::lookup(
+                "a.test", "A", "NoData"
+            )))
         );
         assert_eq!(
             classify("a.test", "MX", &servfail),
-            error(Kind::DnsTemporary("a.test MX - ServFail".into()))
+            error(Kind::DnsTemporary(DnsFailure::lookup(
+                "a.test", "MX", "ServFail"
+            )))
         );
         assert_eq!(
             classify("a.test", "MX", &refused),
-            error(Kind::DnsTemporary("a.test MX - Refused".into()))
+            error(Kind::DnsTemporary(DnsFailure::lookup(
+                "a.test", "MX", "Refused"
+            )))
         );
         assert_eq!(
             classify("a.test", "MX", &NetError::Timeout),
-            error(Kind::DnsTemporary("a.test MX - Timeout".into()))
+            error(Kind::DnsTemporary(DnsFailure::lookup(
+                "a.test", "MX", "Timeout"
+            )))
         );
         assert_eq!(
             classify("a.test", "MX", &NetError::NoConnections).kind,
-            Kind::DnsTemporary("a.test MX - no connections available".into())
+            Kind::DnsTemporary(DnsFailure::lookup(
+                "a.test",
+                "MX",
+                "no connections available"
+            ))
         );
     }
 
@@ -385,7 +403,9 @@ mod tests {
             "x.test",
         );
         found.add(
-            Err(error(Kind::DnsTemporary("mx2.test A - ServFail".into()))),
+            Err(error(Kind::DnsTemporary(DnsFailure::lookup(
+                "mx2.test", "A", "ServFail",
+            )))),
             25,
             "mx2.test",
             "x.test",
@@ -398,7 +418,9 @@ mod tests {
         );
         assert_eq!(
             found.finish("x.test"),
-            Err(error(Kind::DnsTemporary("mx2.test A - ServFail".into())))
+            Err(error(Kind::DnsTemporary(DnsFailure::lookup(
+                "mx2.test", "A", "ServFail"
+            ))))
         );
 
         let mut found = Found::default();
@@ -421,9 +443,9 @@ mod tests {
 
         assert_eq!(
             Found::default().finish("the static route"),
-            Err(error(Kind::DnsPermanent(
-                "the static route has no usable mail host".into()
-            )))
+            Err(error(Kind::DnsPermanent(DnsFailure::NoUsableHost {
+                what: "the static route".into()
+            })))
         );
     }
 

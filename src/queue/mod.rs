@@ -564,22 +564,26 @@ impl Shared {
                 let Some(q) = self.forget(mid) else { return };
                 // The appliance's sequence for an intake domain that cannot receive mail.
                 let bad_host = match error.delivery().map(|e| &e.kind) {
-                    Some(Kind::DnsPermanent(detail)) => Some(detail.as_str()),
+                    Some(Kind::DnsPermanent(failure)) => Some(failure.parts()),
                     _ => None,
                 };
-                if let Some(detail) = bad_host {
-                    self.log.event(Event::BadDestinationHost { detail });
+                if let Some((name, qtype, reason)) = bad_host {
+                    self.log.event(Event::BadDestinationHost {
+                        name,
+                        qtype,
+                        reason,
+                    });
                 }
                 if error.cause() == retry::Cause::Delivery(FailureClass::Tls) {
                     self.log.event(Event::TlsFailed { mid });
                 } else {
                     self.log.event(Event::HardBounced { mid });
                 }
-                if let Some(detail) = bad_host {
+                if let Some((name, qtype, reason)) = bad_host {
                     self.log.event(Event::Bounced {
                         dcid: 0,
                         mid,
-                        response: &tdclog::bad_destination_host(detail),
+                        response: &tdclog::bad_destination_host(name, qtype, reason),
                     });
                 }
                 self.log.event(Event::Finished { mid });
