@@ -19,14 +19,14 @@
 //! `config` and `tdclog` are leaves that every module may use. This library exists for
 //! the binary and the integration tests; it makes no API promises.
 
-pub mod accept;
+mod accept;
 pub mod check;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod delivery;
-pub mod fd_limit;
-pub mod heartbeat;
+mod fd_limit;
+mod heartbeat;
 pub mod journal;
 pub mod metrics;
 pub mod milter;
@@ -34,10 +34,10 @@ pub mod outcome;
 pub mod policy;
 pub mod probe;
 pub mod queue;
-pub mod reload;
+mod reload;
 pub mod stats;
 pub mod tdclog;
-pub mod tracking;
+mod tracking;
 pub mod unix_socket;
 
 use std::future::Future;

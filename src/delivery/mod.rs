@@ -192,10 +192,6 @@ pub struct Connection<'d> {
 }
 
 impl Connection<'_> {
-    pub fn dcid(&self) -> u64 {
-        self.session.dcid
-    }
-
     /// One journal on this connection. A failure that leaves the connection unusable
     /// is logged as a connection error; a refused transaction as a bounce.
     pub async fn send(&mut self, job: &Job) -> Result<Reply, DeliveryError> {

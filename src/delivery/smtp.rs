@@ -278,7 +278,6 @@ pub struct Session {
     pub tls_cipher: String,
     timeouts: Timeouts,
     pub dcid: u64,
-    pub peer: SocketAddr,
     pub local: Option<IpAddr>,
 }
 
@@ -414,7 +413,6 @@ impl Dialer<'_> {
             tls_cipher: cipher,
             timeouts,
             dcid,
-            peer: target.address,
             local,
         })
     }

@@ -128,7 +128,6 @@ pub struct Spool {
     active: PathBuf,
     free: PathBuf,
     incoming: PathBuf,
-    corrupt: PathBuf,
     mid_file: PathBuf,
     mids: Mutex<MidCounter>,
     free_files: Mutex<FreePool>,
@@ -308,7 +307,6 @@ impl Spool {
             active,
             free,
             incoming,
-            corrupt,
             mid_file,
             mids: Mutex::new(MidCounter {
                 next,
@@ -321,8 +319,9 @@ impl Spool {
     }
 
     /// Where damaged files go.
-    pub fn corrupt_dir(&self) -> &Path {
-        &self.corrupt
+    #[cfg(test)]
+    pub fn corrupt_dir(&self) -> PathBuf {
+        self.active.with_file_name("corrupt")
     }
 
     /// A MID unique for the life of the spool, across restarts.
