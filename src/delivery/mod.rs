@@ -237,6 +237,12 @@ impl Connection<'_> {
     pub async fn close(self) {
         self.session.quit().await
     }
+
+    /// The QUIT of this connection, as a future that no longer borrows the
+    /// deliverer.
+    pub fn into_quit(self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.session.quit()
+    }
 }
 
 /// The EHLO name: the journal sender's domain, which is the gateway's name by default.

@@ -7,6 +7,7 @@
 //! connection workers per intake domain; a worker delivers journal after journal on
 //! one connection (RSET between) and exits when the queue has nothing for it.
 
+pub mod agent;
 mod attempt;
 pub mod lock;
 #[cfg(test)]
@@ -27,9 +28,10 @@ use tokio::time::Instant;
 
 use crate::clock::now_ms;
 use crate::config::Settings;
-use crate::delivery::{Deliverer, DeliveryError, FailureClass, Job, Kind, Reply};
+use crate::delivery::{DeliveryError, FailureClass, Job, Kind, Reply};
 use crate::stats::Stats;
 use crate::tdclog::{self, Event, Log};
+use agent::Agent;
 use attempt::{AttemptError, InternalError};
 use retry::Decision;
 use spool::{Spool, SpoolEntry, SpoolError};
@@ -146,7 +148,7 @@ struct Shared {
     /// Spool work running on blocking threads (removals, attempt syncs); `run` waits
     /// for it before it returns, so a stopped queue leaves the spool as it says.
     background: std::sync::Mutex<JoinSet<()>>,
-    deliverer: Deliverer,
+    deliverer: Box<dyn Agent>,
     limits: Limits,
     stats: Arc<Stats>,
     log: Log,
@@ -173,7 +175,7 @@ fn domain_of(address: &str) -> String {
 /// returns the two sides of the queue.
 pub fn open(
     settings: &Settings,
-    deliverer: Deliverer,
+    deliverer: impl Agent + 'static,
     stats: Arc<Stats>,
     log: Log,
 ) -> Result<(Queue, Scheduler), SpoolError> {
@@ -199,7 +201,7 @@ pub fn open(
         wake: Notify::new(),
         stopping: AtomicBool::new(false),
         background: std::sync::Mutex::new(JoinSet::new()),
-        deliverer,
+        deliverer: Box::new(deliverer),
         limits,
         stats,
         log,
@@ -944,8 +946,11 @@ async fn load_job(
 }
 
 #[cfg(test)]
+mod scheduler_tests;
+#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::Deliverer;
 
     fn shared(dir: &std::path::Path, lifetime_ms: u64) -> Arc<Shared> {
         shared_with(dir, lifetime_ms, "")

@@ -1,0 +1,60 @@
+//! The queue's view of a delivery agent: open a connection towards an intake domain,
+//! then send journals on it one at a time. The real agent is
+//! [`crate::delivery::Deliverer`]; the scheduler's tests put a scripted one in its
+//! place and run on tokio's paused clock, so the retry table and the lifetime are
+//! walked in virtual seconds.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::time::Instant;
+
+use crate::delivery::{Connection, Deliverer, DeliveryError, Job, Reply};
+
+/// What an agent's methods return: a boxed future, so the queue can hold any agent.
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait Agent: Send + Sync {
+    /// One connection to some host of `domain`, ready for a transaction.
+    fn connect<'a>(
+        &'a self,
+        domain: &'a str,
+        deadline: Instant,
+    ) -> Pending<'a, Result<Box<dyn Session + 'a>, DeliveryError>>;
+}
+
+/// An open connection.
+pub trait Session: Send {
+    /// One journal: a typed result of the one attempt; judging it is the queue's job.
+    fn send<'a>(&'a mut self, job: &'a Job) -> Pending<'a, Result<Reply, DeliveryError>>;
+    /// Readies the connection for the next transaction; an error means it is done.
+    fn reset(&mut self, deadline: Instant) -> Pending<'_, Result<(), DeliveryError>>;
+    fn close(self: Box<Self>) -> Pending<'static, ()>;
+}
+
+impl Agent for Deliverer {
+    fn connect<'a>(
+        &'a self,
+        domain: &'a str,
+        deadline: Instant,
+    ) -> Pending<'a, Result<Box<dyn Session + 'a>, DeliveryError>> {
+        Box::pin(async move {
+            let connection = Deliverer::connect(self, domain, deadline).await?;
+            Ok(Box::new(connection) as Box<dyn Session + 'a>)
+        })
+    }
+}
+
+impl Session for Connection<'_> {
+    fn send<'a>(&'a mut self, job: &'a Job) -> Pending<'a, Result<Reply, DeliveryError>> {
+        Box::pin(Connection::send(self, job))
+    }
+
+    fn reset(&mut self, deadline: Instant) -> Pending<'_, Result<(), DeliveryError>> {
+        Box::pin(Connection::reset(self, deadline))
+    }
+
+    fn close(self: Box<Self>) -> Pending<'static, ()> {
+        Box::pin((*self).into_quit())
+    }
+}
