@@ -4,7 +4,7 @@ exactly one journal, with no CR or LF outside a CRLF pair, and the intake sees n
 second transaction (docs/SECURITY.md, "SMTP smuggling"). Debian's Postfix 3.7
 already passes each bare CR of the data on as a space, so the milter sees none
 here; what tdc-milter itself does with a bare CR from an MTA that passes it is
-tests/bad_input.rs's bare_cr_body_cannot_smuggle_a_second_message."""
+tests/bad_input_body.rs's bare_cr_body_cannot_smuggle_a_second_message."""
 
 import pytest
 

@@ -945,6 +945,20 @@ async fn load_job(
     })
 }
 
+/// A small journal to i@intake.test, for the tests.
+#[cfg(test)]
+fn test_entry(mid: u64) -> Entry {
+    Entry {
+        mid,
+        sender: "tdc@gw.test".into(),
+        intake: "i@intake.test".into(),
+        message: Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n"),
+        eight_bit: false,
+        queue_id: "Q1".into(),
+        original_message_id: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod scheduler_tests;
 #[cfg(test)]
@@ -969,18 +983,6 @@ mod tests {
         let (queue, _scheduler) =
             open(&settings, deliverer, Arc::new(Stats::default()), log).expect("queue");
         queue.shared
-    }
-
-    fn test_entry(mid: u64) -> Entry {
-        Entry {
-            mid,
-            sender: "tdc@gw.test".into(),
-            intake: "i@intake.test".into(),
-            message: Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n"),
-            eight_bit: false,
-            queue_id: "Q1".into(),
-            original_message_id: String::new(),
-        }
     }
 
     async fn enqueue(shared: &Arc<Shared>, mid: u64) {

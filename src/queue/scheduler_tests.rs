@@ -5,12 +5,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::agent::{Agent, Pending, Session};
-use super::{open, Entry};
+use super::{open, test_entry};
 use crate::config::Settings;
 use crate::delivery::{DeliveryError, Job, Kind, Reply, Stage, TlsFailure};
 use crate::stats::Stats;
@@ -116,18 +115,7 @@ async fn journal_with(
     let stopped = stop.clone();
     let running = tokio::spawn(scheduler.run(async move { stopped.notified().await }));
     let start = Instant::now();
-    queue
-        .enqueue(Entry {
-            mid: 1,
-            sender: "tdc@gw.test".into(),
-            intake: "i@intake.test".into(),
-            message: Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n"),
-            eight_bit: false,
-            queue_id: "Q1".into(),
-            original_message_id: String::new(),
-        })
-        .await
-        .expect("enqueue");
+    queue.enqueue(test_entry(1)).await.expect("enqueue");
     let finished = loop {
         if log
             .lines()

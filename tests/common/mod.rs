@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod catalogue;
 pub mod daemon;
 pub mod fake_dns;
 pub mod fake_intake;
