@@ -1,4 +1,5 @@
-//! The bad-input catalogue: broken bodies and milter conversations, each sent to the real daemon in-process.
+//! The bad-input catalogue: broken bodies and milter conversations, each sent to the
+//! real daemon in-process.
 //! What every case asserts is in `tests/common/catalogue.rs`.
 
 mod common;

@@ -1,4 +1,5 @@
-//! The bad-input catalogue: malformed MIME, Message-IDs, subjects and other headers, each sent to the real daemon in-process.
+//! The bad-input catalogue: malformed MIME, Message-IDs, subjects and other headers,
+//! each sent to the real daemon in-process.
 //! What every case asserts is in `tests/common/catalogue.rs`.
 
 mod common;
