@@ -193,7 +193,7 @@ pub struct Connection<'d> {
 
 impl Connection<'_> {
     /// One journal on this connection. A failure that leaves the connection unusable
-    /// is logged as a connection error; a refused transaction as a bounce.
+    /// is logged as a connection error; what a refusal means is the queue's to say.
     pub async fn send(&mut self, job: &Job) -> Result<Reply, DeliveryError> {
         let dcid = self.session.dcid;
         let log = &self.deliverer.log;
@@ -208,25 +208,18 @@ impl Connection<'_> {
                 job.deadline,
             )
             .await;
-        match &result {
-            Err(e) if e.is_connection_level() => {
+        if let Err(e) = &result {
+            if e.is_connection_level() {
                 self.deliverer
                     .log_connection_error(dcid, &self.target, self.session.local, e)
             }
-            // The appliance's "Bounced" line is for refusals that end the journal.
-            Err(
-                e @ DeliveryError {
-                    kind: Kind::Reply(reply),
-                    ..
-                },
-            ) if e.class() == FailureClass::Permanent => log.event(Event::Bounced {
-                dcid,
-                mid: job.mid,
-                response: &reply.to_string(),
-            }),
-            _ => {}
         }
         result
+    }
+
+    /// The connection's DCID, as the log names it.
+    pub fn dcid(&self) -> u64 {
+        self.session.dcid
     }
 
     /// RSET before the next journal; an error means the connection is done.

@@ -30,6 +30,8 @@ pub trait Session: Send {
     /// Readies the connection for the next transaction; an error means it is done.
     fn reset(&mut self, deadline: Instant) -> Pending<'_, Result<(), DeliveryError>>;
     fn close(self: Box<Self>) -> Pending<'static, ()>;
+    /// The DCID the log names this connection by.
+    fn dcid(&self) -> u64;
 }
 
 impl Agent for Deliverer {
@@ -56,5 +58,9 @@ impl Session for Connection<'_> {
 
     fn close(self: Box<Self>) -> Pending<'static, ()> {
         Box::pin((*self).into_quit())
+    }
+
+    fn dcid(&self) -> u64 {
+        Connection::dcid(self)
     }
 }

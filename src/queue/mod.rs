@@ -502,7 +502,8 @@ impl Shared {
     }
 
     /// Records the outcome of one attempt and decides what follows.
-    fn finish(&self, mid: u64, result: Result<Reply, AttemptError>) {
+    /// `dcid`: the connection the transaction ran on, if it got that far.
+    fn finish(&self, mid: u64, result: Result<Reply, AttemptError>, dcid: Option<u64>) {
         match result {
             Ok(_) => {
                 let Some(q) = self.forget(mid) else { return };
@@ -514,12 +515,25 @@ impl Shared {
                 self.stats.journal_left(q.entry.size);
                 self.remove_from_spool(&q.entry);
             }
-            Err(error) => self.failed(mid, &error),
+            Err(error) => self.failed(mid, &error, dcid),
         }
         self.wake.notify_one();
     }
 
-    fn failed(&self, mid: u64, error: &AttemptError) {
+    fn failed(&self, mid: u64, error: &AttemptError, dcid: Option<u64>) {
+        // The appliance's "Bounced" line is for a refusal of the transaction that ends
+        // the journal.
+        if let (Some(dcid), Some(refusal)) = (dcid, error.delivery()) {
+            if let Kind::Reply(reply) = &refusal.kind {
+                if refusal.class() == FailureClass::Permanent {
+                    self.log.event(Event::Bounced {
+                        dcid,
+                        mid,
+                        response: &reply.to_string(),
+                    });
+                }
+            }
+        }
         let detail = error.to_string();
         self.log.event(Event::FailureDetail {
             mid,
@@ -838,7 +852,15 @@ impl Held<'_> {
     /// Reports the outcome of the held journal's attempt.
     fn finish(&mut self, result: Result<Reply, AttemptError>) {
         if let Some(mid) = self.mid.take() {
-            self.shared.finish(mid, result);
+            self.shared.finish(mid, result, None);
+        }
+    }
+
+    /// Reports the outcome of a transaction on connection `dcid`.
+    fn finish_sent(&mut self, dcid: u64, result: Result<Reply, DeliveryError>) {
+        if let Some(mid) = self.mid.take() {
+            self.shared
+                .finish(mid, result.map_err(AttemptError::Delivery), Some(dcid));
         }
     }
 
@@ -887,7 +909,7 @@ async fn run_connection(shared: &Arc<Shared>, domain: &str, slot: &mut Slot<'_>)
                 let result = connection.send(&job).await;
                 sent += 1;
                 let usable = !matches!(&result, Err(e) if e.is_connection_level());
-                held.finish(result.map_err(AttemptError::Delivery));
+                held.finish_sent(connection.dcid(), result);
                 if !usable {
                     return;
                 }

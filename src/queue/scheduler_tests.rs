@@ -71,6 +71,9 @@ impl Session for ScriptedSession {
     fn close(self: Box<Self>) -> Pending<'static, ()> {
         Box::pin(async {})
     }
+    fn dcid(&self) -> u64 {
+        1
+    }
 }
 
 fn reply(code: u16) -> Reply {
@@ -179,6 +182,15 @@ async fn each_row_of_the_retry_table_in_virtual_time() {
     ];
     for (row, script, tries, last) in rows {
         let (lines, attempts, _) = journal_with(script, "5s").await;
+        let bounced = if row == "5xx" { 1 } else { 0 };
+        assert_eq!(
+            count(
+                &lines,
+                "Info: Bounced: DCID 1 MID 1 to RID 0 - Bounced by destination server with response: 550 scripted"
+            ),
+            bounced,
+            "{row}: the appliance's Bounced line, for a refusal that ends the journal"
+        );
         assert_eq!(attempts.len(), tries, "{row}: {lines:#?}");
         assert_eq!(count(&lines, last), 1, "{row}: {lines:#?}");
         assert!(attempts[0] < Duration::from_secs(1), "{row}: tried at once");
