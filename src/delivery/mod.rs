@@ -227,13 +227,8 @@ impl Connection<'_> {
         self.session.reset(deadline).await
     }
 
-    pub async fn close(self) {
-        self.session.quit().await
-    }
-
-    /// The QUIT of this connection, as a future that no longer borrows the
-    /// deliverer.
-    pub fn into_quit(self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    /// QUIT, as a future that no longer borrows the deliverer.
+    pub fn close(self) -> impl std::future::Future<Output = ()> + Send + 'static {
         self.session.quit()
     }
 }

@@ -57,7 +57,7 @@ impl Session for Connection<'_> {
     }
 
     fn close(self: Box<Self>) -> Pending<'static, ()> {
-        Box::pin((*self).into_quit())
+        Box::pin(Connection::close(*self))
     }
 
     fn dcid(&self) -> u64 {
