@@ -568,11 +568,16 @@ impl Shared {
                     delay_secs: delay.as_secs(),
                 });
                 self.stats.soft_bounced(&entry.intake);
-                // A retry due after the deadline never runs: expiry comes first.
+                // A retry due after the deadline never runs: expiry comes first. The
+                // scheduler drops the expiry of a journal in flight past its deadline,
+                // and the deadline may have passed since the check above: restore it,
+                // as `put_back` does, or a journal whose retry comes too late would
+                // never leave the queue.
                 let mut state = self.lock();
                 if let Some(q) = state.journals.get_mut(&mid) {
                     q.in_flight = false;
                     q.entry.attempts = attempts;
+                    state.expiry.insert((deadline, mid));
                 }
                 state.retry_at.insert((Instant::now() + delay, mid));
             }
@@ -1072,6 +1077,29 @@ mod tests {
         assert!(finished(&shared, 1), "{:?}", shared.log.lines());
         assert_eq!(shared.lock().journals.len(), 0);
         assert_eq!(next_wake, None);
+    }
+
+    /// The scheduler drops the expiry of a journal in flight once its deadline has
+    /// passed; a soft failure reported just before that deadline schedules a retry
+    /// that comes too late. The journal must still expire, not stay queued for good.
+    #[tokio::test]
+    async fn a_soft_failure_at_the_deadline_still_expires() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = shared(dir.path(), 200);
+        enqueue(&shared, 1).await;
+        let _ = shared.take("intake.test").expect("ready");
+        // What `plan` does to a journal in flight past its deadline.
+        shared.lock().expiry.clear();
+        let refused = DeliveryError::new(
+            crate::delivery::Stage::Connect,
+            Kind::Network("connection refused".into()),
+        );
+        shared.finish(1, Err(refused.into()), None);
+        assert!(!finished(&shared, 1), "retried, not yet expired");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let _ = shared.plan();
+        assert!(finished(&shared, 1), "{:?}", shared.log.lines());
+        assert_eq!(shared.lock().journals.len(), 0);
     }
 
     /// A worker that dies holding a journal (a panic unwinds through `Held`): the
