@@ -9,12 +9,11 @@ use common::fake_intake::IntakeScript;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// A loopback port with nothing listening: connections are refused.
+/// A loopback port with nothing listening: connections are refused. Port 1 (tcpmux)
+/// rather than a freed ephemeral port, which the daemon's own metrics listener on
+/// port 0 can be given next.
 async fn dead_port() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    listener.local_addr().expect("addr")
+    SocketAddr::from(([127, 0, 0, 1], 1))
 }
 
 #[tokio::test]
