@@ -34,6 +34,7 @@ pub mod outcome;
 pub mod policy;
 pub mod probe;
 pub mod queue;
+pub mod record;
 mod reload;
 pub mod stats;
 pub mod tdclog;

@@ -10,7 +10,6 @@ pub mod tls;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 pub use error::{
@@ -18,24 +17,10 @@ pub use error::{
 };
 
 use crate::config::Settings;
+use crate::record::Record;
 use crate::tdclog::{Event, Log};
 use route::{Router, Target};
 use smtp::Timeouts;
-
-/// One journal to deliver.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub mid: u64,
-    /// Envelope sender of the journal.
-    pub sender: String,
-    /// The intake address: the only RCPT TO.
-    pub intake: String,
-    pub message: Bytes,
-    pub eight_bit: bool,
-    /// No SMTP stage may run past this (the journal's lifetime), except the wait for
-    /// the final reply (see [`Timeouts::final_reply_grace`]).
-    pub deadline: Instant,
-}
 
 /// Everything a delivery needs, built once from the settings.
 pub struct Deliverer {
@@ -192,20 +177,30 @@ pub struct Connection<'d> {
 }
 
 impl Connection<'_> {
-    /// One journal on this connection. A failure that leaves the connection unusable
+    /// One journal on this connection, `message` its bytes. No SMTP stage runs past
+    /// `deadline` (the journal's lifetime), except the wait for the final reply (see
+    /// [`Timeouts::final_reply_grace`]). A failure that leaves the connection unusable
     /// is logged as a connection error; what a refusal means is the queue's to say.
-    pub async fn send(&mut self, job: &Job) -> Result<Reply, DeliveryError> {
+    pub async fn send(
+        &mut self,
+        journal: &Record,
+        message: &[u8],
+        deadline: Instant,
+    ) -> Result<Reply, DeliveryError> {
         let dcid = self.session.dcid;
         let log = &self.deliverer.log;
-        log.event(Event::DeliveryStart { dcid, mid: job.mid });
+        log.event(Event::DeliveryStart {
+            dcid,
+            mid: journal.mid,
+        });
         let result = self
             .session
             .send(
-                &job.sender,
-                &job.intake,
-                &job.message,
-                job.eight_bit,
-                job.deadline,
+                &journal.sender,
+                &journal.intake,
+                message,
+                journal.eight_bit,
+                deadline,
             )
             .await;
         if let Err(e) = &result {

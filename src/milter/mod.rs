@@ -23,7 +23,8 @@ use crate::config::Settings;
 use crate::journal::{self, JournalFormat};
 use crate::outcome::{Outcome, Skip};
 use crate::policy;
-use crate::queue::{Entry, Queue};
+use crate::queue::Queue;
+use crate::record::Record;
 use crate::stats::MilterSlot;
 use crate::tdclog::{Event, Log};
 use crate::tracking::Tracker;
@@ -318,16 +319,15 @@ async fn journal_message(shared: &Shared, cx: &MessageContext<'_>, msg: &Message
                 bytes: msg.original(),
             },
         );
-        let entry = Entry {
+        let record = Record::new(
             mid,
-            sender: settings.journal.sender.clone(),
-            intake: job.intake.clone(),
-            message: built.bytes.into(),
-            eight_bit: built.eight_bit,
-            queue_id: cx.queue_id.to_string(),
-            original_message_id: message_id.to_string(),
-        };
-        if let Err(e) = shared.queue.enqueue(entry).await {
+            &settings.journal.sender,
+            &job.intake,
+            built.eight_bit,
+            cx.queue_id,
+            message_id,
+        );
+        if let Err(e) = shared.queue.enqueue(record, built.bytes.into()).await {
             refused = Some(journal_refused(shared, cx.queue_id, message_id, &e));
         }
     }

@@ -9,7 +9,8 @@ use std::pin::Pin;
 
 use tokio::time::Instant;
 
-use crate::delivery::{Connection, Deliverer, DeliveryError, Job, Reply};
+use crate::delivery::{Connection, Deliverer, DeliveryError, Reply};
+use crate::record::Record;
 
 /// What an agent's methods return: a boxed future, so the queue can hold any agent.
 pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -25,8 +26,14 @@ pub trait Agent: Send + Sync {
 
 /// An open connection.
 pub trait Session: Send {
-    /// One journal: a typed result of the one attempt; judging it is the queue's job.
-    fn send<'a>(&'a mut self, job: &'a Job) -> Pending<'a, Result<Reply, DeliveryError>>;
+    /// One journal, `message` its bytes, with no stage past `deadline`: a typed
+    /// result of the one attempt; judging it is the queue's job.
+    fn send<'a>(
+        &'a mut self,
+        journal: &'a Record,
+        message: &'a [u8],
+        deadline: Instant,
+    ) -> Pending<'a, Result<Reply, DeliveryError>>;
     /// Readies the connection for the next transaction; an error means it is done.
     fn reset(&mut self, deadline: Instant) -> Pending<'_, Result<(), DeliveryError>>;
     fn close(self: Box<Self>) -> Pending<'static, ()>;
@@ -48,8 +55,13 @@ impl Agent for Deliverer {
 }
 
 impl Session for Connection<'_> {
-    fn send<'a>(&'a mut self, job: &'a Job) -> Pending<'a, Result<Reply, DeliveryError>> {
-        Box::pin(Connection::send(self, job))
+    fn send<'a>(
+        &'a mut self,
+        journal: &'a Record,
+        message: &'a [u8],
+        deadline: Instant,
+    ) -> Pending<'a, Result<Reply, DeliveryError>> {
+        Box::pin(Connection::send(self, journal, message, deadline))
     }
 
     fn reset(&mut self, deadline: Instant) -> Pending<'_, Result<(), DeliveryError>> {

@@ -422,7 +422,8 @@ impl Storage for SimDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::spool::{Spool, SpoolEntry};
+    use crate::queue::spool::Spool;
+    use crate::record::Record;
 
     const DIR: &str = "/spool";
 
@@ -434,8 +435,8 @@ mod tests {
             .into_bytes()
     }
 
-    fn entry(mid: u64) -> SpoolEntry {
-        SpoolEntry {
+    fn entry(mid: u64) -> Record {
+        Record {
             mid,
             intake: "i@intake.test".into(),
             sender: "tdc@gw.test".into(),
@@ -486,7 +487,7 @@ mod tests {
     }
 
     fn run(spool: &Spool, progress: &mut Progress) -> Result<(), String> {
-        let mut entries: Vec<SpoolEntry> = Vec::new();
+        let mut entries: Vec<Record> = Vec::new();
         for step in SCRIPT {
             match *step {
                 Step::Enqueue => {

@@ -9,9 +9,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::agent::{Agent, Pending, Session};
-use super::{open, test_entry};
+use super::{open, test_journal};
 use crate::config::Settings;
-use crate::delivery::{DeliveryError, Job, Kind, Reply, Stage, TlsFailure};
+use crate::delivery::{DeliveryError, Kind, Reply, Stage, TlsFailure};
+use crate::record::Record;
 use crate::stats::Stats;
 use crate::tdclog::Log;
 
@@ -61,7 +62,12 @@ impl Agent for ScriptedAgent {
 }
 
 impl Session for ScriptedSession {
-    fn send<'a>(&'a mut self, _job: &'a Job) -> Pending<'a, Result<Reply, DeliveryError>> {
+    fn send<'a>(
+        &'a mut self,
+        _journal: &'a Record,
+        _message: &'a [u8],
+        _deadline: Instant,
+    ) -> Pending<'a, Result<Reply, DeliveryError>> {
         let result = self.result.clone();
         Box::pin(async move { result })
     }
@@ -118,7 +124,8 @@ async fn journal_with(
     let stopped = stop.clone();
     let running = tokio::spawn(scheduler.run(async move { stopped.notified().await }));
     let start = Instant::now();
-    queue.enqueue(test_entry(1)).await.expect("enqueue");
+    let (record, message) = test_journal(1);
+    queue.enqueue(record, message).await.expect("enqueue");
     let finished = loop {
         if log
             .lines()

@@ -53,15 +53,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::storage::{Disk, Storage, StorageFile};
+mod format;
 
-const MAGIC: &str = "tdc-milter-spool 2";
-/// Written over the magic of a journal that has left the queue, and made durable
-/// before its file is released or removed: a file that starts with it is free,
-/// whatever its mode and wherever a power loss left its name.
-const FREED: &str = "tdc-milter-freed 2";
-/// Written by earlier versions; complete by construction (renamed into place).
-const MAGIC_RENAMED: &str = "tdc-milter-spool 1";
+use super::storage::{Disk, Storage, StorageFile};
+use crate::record::Record;
+#[cfg(test)]
+use format::MAGIC_RENAMED;
+use format::{header_end, render_header, FREED, MAGIC};
+
 /// The mode of a journal being written, and the bit that marks it complete.
 const MODE_WRITING: u32 = 0o600;
 const COMPLETE_BIT: u32 = 0o100;
@@ -77,23 +76,6 @@ const FREE_FILE_MAX: u64 = 2 * 1024 * 1024;
 /// MIDs are reserved in blocks so the counter file is written rarely, and a MID is
 /// never reused after a crash.
 const MID_BLOCK: u64 = 1000;
-
-/// What the queue keeps in memory of a spooled journal (the bytes stay on disk).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpoolEntry {
-    pub mid: u64,
-    pub intake: String,
-    pub sender: String,
-    pub eight_bit: bool,
-    pub queue_id: String,
-    pub message_id: String,
-    /// Wall-clock enqueue time, milliseconds since the Unix epoch.
-    pub enqueued_ms: u64,
-    /// Delivery attempts that failed so far.
-    pub attempts: u32,
-    /// Size of the journal bytes.
-    pub size: u64,
-}
 
 #[derive(Debug)]
 pub struct SpoolError {
@@ -166,7 +148,7 @@ struct MidCounter {
 
 impl Spool {
     /// Opens (creating) the spool and returns what it holds.
-    pub fn open(dir: &Path) -> Result<(Spool, Vec<SpoolEntry>, Vec<Damaged>), SpoolError> {
+    pub fn open(dir: &Path) -> Result<(Spool, Vec<Record>, Vec<Damaged>), SpoolError> {
         Spool::open_on(Box::new(Disk), dir)
     }
 
@@ -174,7 +156,7 @@ impl Spool {
     pub fn open_on(
         disk: Box<dyn Storage>,
         dir: &Path,
-    ) -> Result<(Spool, Vec<SpoolEntry>, Vec<Damaged>), SpoolError> {
+    ) -> Result<(Spool, Vec<Record>, Vec<Damaged>), SpoolError> {
         let active = dir.join("active");
         let free = dir.join("free");
         let incoming = dir.join("incoming");
@@ -226,7 +208,7 @@ impl Spool {
                     free_files.push(path);
                     continue;
                 }
-                match read_header(&*disk, &path) {
+                match read_record(&*disk, &path) {
                     Ok(entry) => {
                         // A recycled file whose rename into place did not reach the
                         // disk before a crash: the header says which journal it is.
@@ -349,7 +331,7 @@ impl Spool {
     }
 
     /// Writes a journal durably; when this returns Ok the journal survives a crash.
-    pub fn write(&self, entry: &SpoolEntry, journal: &[u8]) -> Result<(), SpoolError> {
+    pub fn write(&self, entry: &Record, journal: &[u8]) -> Result<(), SpoolError> {
         let path = self.path(entry.mid, entry.attempts);
         let header = render_header(entry, crc32fast::hash(journal));
         let Some(recycled) = self.take_free_file() else {
@@ -398,7 +380,7 @@ impl Spool {
     }
 
     /// The journal bytes of a spooled entry.
-    pub fn read_journal(&self, entry: &SpoolEntry) -> Result<Vec<u8>, SpoolError> {
+    pub fn read_journal(&self, entry: &Record) -> Result<Vec<u8>, SpoolError> {
         let path = self.path(entry.mid, entry.attempts);
         let mut bytes = self.disk.read(&path).map_err(err("cannot read", &path))?;
         let start = header_end(&bytes).ok_or_else(|| {
@@ -414,7 +396,7 @@ impl Spool {
     /// Records a failed attempt (atomic rename to the new attempt count). The rename
     /// is durable after [`Spool::sync_attempts`]; until then a power loss can only
     /// cost the count, so a journal may be tried once more than the table says.
-    pub fn record_attempt(&self, entry: &SpoolEntry, attempts: u32) -> Result<(), SpoolError> {
+    pub fn record_attempt(&self, entry: &Record, attempts: u32) -> Result<(), SpoolError> {
         let from = self.path(entry.mid, entry.attempts);
         let to = self.path(entry.mid, attempts);
         self.disk
@@ -432,7 +414,7 @@ impl Spool {
     /// anything else: neither a release nor a removal is durable, and a power loss
     /// that undoes one must not bring the journal back), then kept for reuse or
     /// removed.
-    pub fn remove(&self, entry: &SpoolEntry) -> Result<(), SpoolError> {
+    pub fn remove(&self, entry: &Record) -> Result<(), SpoolError> {
         let path = self.path(entry.mid, entry.attempts);
         match invalidate(&*self.disk, &path) {
             Ok(()) => {}
@@ -558,107 +540,14 @@ fn unfinished_write(disk: &dyn Storage, path: &Path) -> bool {
         .is_ok_and(|start| MAGIC.as_bytes().starts_with(&start))
 }
 
-/// Header values are ours or sanitised, but a Message-ID may hold anything: keep each
-/// value on its line.
-fn line_breaks_to_spaces(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
-        .collect()
-}
-
-fn render_header(e: &SpoolEntry, crc: u32) -> String {
-    format!(
-        "{MAGIC}\nmid {}\nenqueued-ms {}\nintake {}\nsender {}\neight-bit {}\nqueue-id {}\nmessage-id {}\nsize {}\ncrc32 {crc:08x}\n\n",
-        e.mid,
-        e.enqueued_ms,
-        line_breaks_to_spaces(&e.intake),
-        line_breaks_to_spaces(&e.sender),
-        u8::from(e.eight_bit),
-        line_breaks_to_spaces(&e.queue_id),
-        line_breaks_to_spaces(&e.message_id),
-        e.size
-    )
-}
-
-fn header_end(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(2).position(|w| w == b"\n\n").map(|p| p + 2)
-}
-
-/// Reads the header of a spool file. The header says which journal it is; the name
-/// gives the attempts made, when it is that journal's name (a recycled file may still
-/// carry a free file's name, or an earlier journal's, after a crash).
-fn read_header(disk: &dyn Storage, path: &Path) -> Result<SpoolEntry, String> {
+/// The record in a spool file's header, checked against the journal it holds.
+fn read_record(disk: &dyn Storage, path: &Path) -> Result<Record, String> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let from_name = name
-        .split_once('.')
-        .and_then(|(m, a)| Some((m.parse::<u64>().ok()?, a.parse::<u32>().ok()?)));
     let bytes = disk.read(path).map_err(|e| e.to_string())?;
-    let end = header_end(&bytes).ok_or("no end of header")?;
-    let header = String::from_utf8_lossy(&bytes[..end]);
-    let mut lines = header.lines();
-    let format = lines.next();
-    if !matches!(format, Some(MAGIC | MAGIC_RENAMED)) {
-        return Err("not a tdc-milter spool file".into());
-    }
-    let journal = &bytes[end..];
-    let mut entry = SpoolEntry {
-        mid: 0,
-        intake: String::new(),
-        sender: String::new(),
-        eight_bit: false,
-        queue_id: String::new(),
-        message_id: String::new(),
-        enqueued_ms: 0,
-        attempts: 0,
-        size: journal.len() as u64,
-    };
-    let mut size_in_header = None;
-    let mut crc_in_header = None;
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (key, value) = line.split_once(' ').unwrap_or((line, ""));
-        match key {
-            "mid" => entry.mid = value.parse().map_err(|_| "bad mid")?,
-            "enqueued-ms" => entry.enqueued_ms = value.parse().map_err(|_| "bad enqueued-ms")?,
-            "intake" => entry.intake = value.to_string(),
-            "sender" => entry.sender = value.to_string(),
-            "eight-bit" => entry.eight_bit = value == "1",
-            "queue-id" => entry.queue_id = value.to_string(),
-            "message-id" => entry.message_id = value.to_string(),
-            "size" => size_in_header = value.parse::<u64>().ok(),
-            "crc32" => crc_in_header = u32::from_str_radix(value, 16).ok(),
-            _ => {}
-        }
-    }
-    if entry.mid == 0 || entry.intake.is_empty() || entry.enqueued_ms == 0 {
-        return Err("incomplete header".into());
-    }
-    match from_name {
-        Some((mid, attempts)) if mid == entry.mid => entry.attempts = attempts,
-        _ if format == Some(MAGIC_RENAMED) => {
-            return Err(format!("MID {} does not match the file name", entry.mid))
-        }
-        _ => {}
-    }
-    if size_in_header != Some(entry.size) {
-        return Err(format!(
-            "journal is {} bytes, header says {:?}",
-            entry.size, size_in_header
-        ));
-    }
-    if format == Some(MAGIC) {
-        let crc = crc32fast::hash(journal);
-        if crc_in_header != Some(crc) {
-            return Err(format!(
-                "journal CRC-32 is {crc:08x}, header says {}",
-                crc_in_header.map_or("none".into(), |c| format!("{c:08x}"))
-            ));
-        }
-    }
-    Ok(entry)
+    format::parse(&name, &bytes)
 }
 
 #[cfg(test)]
@@ -667,8 +556,8 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
-    fn entry(mid: u64) -> SpoolEntry {
-        SpoolEntry {
+    fn entry(mid: u64) -> Record {
+        Record {
             mid,
             intake: "i@intake.test".into(),
             sender: "tdc@gw.test".into(),
@@ -824,7 +713,7 @@ mod tests {
         std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).expect("stat"))
     }
 
-    fn spooled(spool: &Spool, mid: u64, journal: &[u8]) -> SpoolEntry {
+    fn spooled(spool: &Spool, mid: u64, journal: &[u8]) -> Record {
         let mut e = entry(mid);
         e.message_id = "<m@x>".into();
         e.size = journal.len() as u64;
@@ -864,7 +753,7 @@ mod tests {
         // of these do not change the count).
         let journal = vec![b'j'; 1000 * 1024];
         let count = FREE_BYTES / journal.len() as u64 + 5;
-        let entries: Vec<SpoolEntry> = (1..=count)
+        let entries: Vec<Record> = (1..=count)
             .map(|mid| spooled(&spool, mid, &journal))
             .collect();
         for e in &entries {
