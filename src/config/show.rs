@@ -1,9 +1,15 @@
 //! `show-config`: the effective settings, one key per line, each with the level it
-//! came from (cluster, group, machine, or default).
+//! came from (cluster, group, machine, or default). Which keys, in which order, and
+//! with which of the renderers below comes from the table in `load/raw.rs`.
 
-use super::{Connector, Pattern, Route, Settings, SocketSpec};
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-pub fn duration(d: std::time::Duration) -> String {
+use super::{Connector, HeaderVerdict, Pattern, Policy, ResolverSpec, Route, Settings};
+
+pub fn duration(d: Duration) -> String {
     if d.subsec_millis() != 0 {
         format!("{}ms", d.as_millis())
     } else {
@@ -11,12 +17,98 @@ pub fn duration(d: std::time::Duration) -> String {
     }
 }
 
-fn socket(s: &SocketSpec) -> String {
-    match s {
-        SocketSpec::Inet { host, port } if host.contains(':') => format!("inet:[{host}]:{port}"),
-        SocketSpec::Inet { host, port } => format!("inet:{host}:{port}"),
-        SocketSpec::Unix(p) => format!("unix:{}", p.display()),
+// ---------------------------------------------------------------------------------
+// Renderers: the typed value of one key → its text.
+
+pub(super) fn display<T: Display>(value: &T) -> String {
+    value.to_string()
+}
+
+/// [`duration`], for the table.
+pub(super) fn period(d: &Duration) -> String {
+    duration(*d)
+}
+
+pub(super) fn or_null<T: Display>(value: &Option<T>) -> String {
+    value.as_ref().map_or("null".into(), T::to_string)
+}
+
+pub(super) fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+pub(super) fn path_or_null(p: &Option<PathBuf>) -> String {
+    p.as_ref().map_or("null".into(), |p| path(p))
+}
+
+pub(super) fn address_or_off(a: &Option<SocketAddr>) -> String {
+    a.map_or("off".into(), |a| a.to_string())
+}
+
+pub(super) fn octal(mode: &u32) -> String {
+    format!("{mode:04o}")
+}
+
+pub(super) fn bytes(n: &u64) -> String {
+    format!("{n}B")
+}
+
+/// A share from 0 to 1, as the percentage it was written as.
+pub(super) fn percent(share: &f64) -> String {
+    format!("{}%", share * 100.0)
+}
+
+/// `["a", "b"]`.
+pub(super) fn list<T: Display>(items: &[T]) -> String {
+    quoted_list(items.iter().map(T::to_string))
+}
+
+pub(super) fn verdicts(verdicts: &[HeaderVerdict]) -> String {
+    let items: Vec<String> = verdicts
+        .iter()
+        .map(|v| format!("{{ header: {}, value: \"{}\" }}", v.header, v.value))
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+pub(super) fn route(route: &Route) -> String {
+    match route {
+        Route::Dns => "dns".into(),
+        Route::Static(hosts) => quoted_list(hosts.iter().map(|h| match h.port {
+            Some(p) if h.host.contains(':') => format!("[{}]:{p}", h.host),
+            Some(p) => format!("{}:{p}", h.host),
+            None => h.host.clone(),
+        })),
     }
+}
+
+pub(super) fn resolver(resolver: &ResolverSpec) -> String {
+    match resolver {
+        ResolverSpec::System => "system".into(),
+        ResolverSpec::Server(a) => a.to_string(),
+    }
+}
+
+/// One row per policy.
+pub(super) fn policies(policies: &[Policy]) -> Vec<String> {
+    policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let connector = match &p.connector {
+                Connector::UseDefault => "use-default".to_string(),
+                Connector::Global => "global".to_string(),
+                Connector::Off => "off".to_string(),
+                Connector::Custom(a) => format!("{{ custom: {a} }}"),
+            };
+            format!(
+                "[{i}] {}: recipients {} senders {} connector {connector}",
+                p.name,
+                quoted_list(p.recipients.iter().map(pattern)),
+                quoted_list(p.senders.iter().map(pattern)),
+            )
+        })
+        .collect()
 }
 
 fn pattern(p: &Pattern) -> String {
@@ -28,137 +120,17 @@ fn pattern(p: &Pattern) -> String {
     }
 }
 
-fn list(items: impl IntoIterator<Item = String>) -> String {
+fn quoted_list(items: impl IntoIterator<Item = String>) -> String {
     let items: Vec<String> = items.into_iter().map(|i| format!("\"{i}\"")).collect();
     format!("[{}]", items.join(", "))
 }
 
+// ---------------------------------------------------------------------------------
+// The listing.
+
 /// (key, value) for every setting, in the order of the annotated example file.
 pub fn values(s: &Settings) -> Vec<(String, String)> {
-    let d = &s.delivery;
-    let mut out: Vec<(&str, String)> = vec![
-        ("enabled", s.enabled.to_string()),
-        (
-            "intake_address",
-            s.intake_address.clone().unwrap_or_else(|| "null".into()),
-        ),
-        ("milter.listen", socket(&s.milter.listen)),
-        (
-            "milter.max_connections",
-            s.milter.max_connections.to_string(),
-        ),
-        ("milter.idle_timeout", duration(s.milter.idle_timeout)),
-        (
-            "milter.socket_mode",
-            format!("{:04o}", s.milter.socket_mode),
-        ),
-        (
-            "milter.socket_group",
-            s.milter
-                .socket_group
-                .clone()
-                .unwrap_or_else(|| "null".into()),
-        ),
-        (
-            "incoming.daemon_names",
-            list(s.incoming.daemon_names.clone()),
-        ),
-        (
-            "incoming.internal_networks",
-            list(s.incoming.internal_networks.iter().map(|n| n.to_string())),
-        ),
-        ("journal.sender", s.journal.sender.clone()),
-        (
-            "journal.client_ip_header",
-            s.journal.client_ip_header.clone(),
-        ),
-        ("journal.max_size", format!("{}B", s.journal.max_size)),
-        (
-            "journal.not_clean",
-            format!(
-                "[{}]",
-                s.journal
-                    .not_clean
-                    .iter()
-                    .map(|v| format!("{{ header: {}, value: \"{}\" }}", v.header, v.value))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ),
-        (
-            "delivery.route",
-            match &d.route {
-                Route::Dns => "dns".into(),
-                Route::Static(hosts) => list(hosts.iter().map(|h| match h.port {
-                    Some(p) if h.host.contains(':') => format!("[{}]:{p}", h.host),
-                    Some(p) => format!("{}:{p}", h.host),
-                    None => h.host.clone(),
-                })),
-            },
-        ),
-        (
-            "delivery.resolver",
-            match &d.resolver {
-                super::ResolverSpec::System => "system".into(),
-                super::ResolverSpec::Server(a) => a.to_string(),
-            },
-        ),
-        ("delivery.port", d.port.to_string()),
-        ("delivery.tls.verify", d.tls.verify.to_string()),
-        (
-            "delivery.tls.ca_file",
-            d.tls
-                .ca_file
-                .as_ref()
-                .map_or("null".into(), |p| p.display().to_string()),
-        ),
-        (
-            "delivery.tls.match",
-            list(d.tls.cert_match.iter().map(|m| m.to_string())),
-        ),
-        ("delivery.lifetime", duration(d.lifetime)),
-        ("delivery.retry_delay", duration(d.retry_delay)),
-        ("delivery.shutdown_grace", duration(d.shutdown_grace)),
-        ("delivery.min_connections", d.min_connections.to_string()),
-        ("delivery.max_connections", d.max_connections.to_string()),
-        (
-            "delivery.max_messages_per_connection",
-            d.max_messages_per_connection.to_string(),
-        ),
-        ("queue.spool_dir", s.queue.spool_dir.display().to_string()),
-        ("queue.max_messages", s.queue.max_messages.to_string()),
-        ("queue.max_bytes", format!("{}B", s.queue.max_bytes)),
-        ("control.socket", s.control.socket.display().to_string()),
-        (
-            "metrics.listen",
-            s.metrics.listen.map_or("off".into(), |a| a.to_string()),
-        ),
-        ("tracking.max_journals", s.tracking.max_journals.to_string()),
-        ("tracking.max_age", duration(s.tracking.max_age)),
-        ("check.window", duration(s.check.window)),
-        (
-            "check.queue_warning",
-            format!("{}%", s.check.queue_warning * 100.0),
-        ),
-    ];
-    for (i, p) in s.policies.iter().enumerate() {
-        let connector = match &p.connector {
-            Connector::UseDefault => "use-default".to_string(),
-            Connector::Global => "global".to_string(),
-            Connector::Off => "off".to_string(),
-            Connector::Custom(a) => format!("{{ custom: {a} }}"),
-        };
-        out.push((
-            "policies",
-            format!(
-                "[{i}] {}: recipients {} senders {} connector {connector}",
-                p.name,
-                list(p.recipients.iter().map(pattern)),
-                list(p.senders.iter().map(pattern)),
-            ),
-        ));
-    }
-    out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    super::load::rows(s)
 }
 
 /// The level a key's value came from.

@@ -1,197 +1,169 @@
-//! The `delivery` section: routing, the resolver, TLS and the queue's connection
-//! limits.
+//! The converters of the `delivery` section that are its own: routing, the resolver,
+//! the port, TLS, and the connection limits that relate to each other.
 
-use std::time::Duration;
+use std::path::PathBuf;
 
+use serde_saphyr::Spanned;
+
+use super::convert::at_least_one;
 use super::error::{quoted, ConfigError};
-use super::raw::{RawDelivery, RawRoute, RawTls};
+use super::raw::{RawDelivery, RawRoute};
 use super::Loader;
 use crate::config::values::{parse_cert_match, parse_host_port};
-use crate::config::{CertMatch, DeliverySettings, ResolverSpec, Route, TlsSettings};
+use crate::config::{CertMatch, ResolverSpec, Route};
 
-const DEFAULT_PORT: u16 = 25;
-const DEFAULT_LIFETIME_SECS: u64 = 120;
-const DEFAULT_MAX_CONNECTIONS: usize = 20;
-const DEFAULT_MIN_CONNECTIONS: usize = 3;
-const DEFAULT_MAX_MESSAGES_PER_CONNECTION: usize = 10;
-const DEFAULT_RETRY_DELAY_SECS: u64 = 5;
-const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+/// `delivery.max_connections`' default, which `min_connections` also needs.
+pub(super) const MAX_CONNECTIONS: usize = 20;
+/// `delivery.min_connections`' default, unless `max_connections` is less.
+const MIN_CONNECTIONS: usize = 3;
 
-impl Loader<'_> {
-    pub(super) fn delivery(&self, raw: RawDelivery) -> Result<DeliverySettings, ConfigError> {
-        let route = match &raw.route {
-            None => Route::Dns,
-            Some(spanned) => match &spanned.value {
-                RawRoute::Keyword(word) if word.trim().eq_ignore_ascii_case("dns") => Route::Dns,
-                RawRoute::Keyword(word) => {
-                    let message = format!(
-                        "expected dns or a list of hosts, found {}; \
-                         write a single host as a list: [\"{}\"]",
-                        quoted(word),
-                        word.trim()
-                    );
-                    return Err(self.bad(spanned, "delivery.route", message));
-                }
-                RawRoute::Other(what) => {
-                    return Err(self.bad(
-                        spanned,
-                        "delivery.route",
-                        format!("expected dns or a list of hosts, found {what}"),
-                    ))
-                }
-                RawRoute::Hosts(hosts) if hosts.is_empty() => {
-                    return Err(self.bad(
-                        spanned,
-                        "delivery.route",
-                        "the list of hosts is empty; write dns to use the intake's MX",
-                    ))
-                }
-                RawRoute::Hosts(hosts) => {
-                    let mut parsed = Vec::with_capacity(hosts.len());
-                    for (i, host) in hosts.iter().enumerate() {
-                        parsed.push(
-                            parse_host_port(&host.value)
-                                .map_err(|e| self.bad(host, &format!("delivery.route[{i}]"), e))?,
-                        );
-                    }
-                    Route::Static(parsed)
-                }
-            },
-        };
-        let resolver = match &raw.resolver {
-            None => ResolverSpec::System,
-            Some(r) if r.value.trim().eq_ignore_ascii_case("system") => ResolverSpec::System,
-            Some(r) => ResolverSpec::Server(r.value.trim().parse().map_err(|_| {
-                self.bad(
-                    r,
-                    "delivery.resolver",
-                    format!(
-                        "expected system or IP:PORT (like 127.0.0.1:5353 or [::1]:53), found {}",
-                        quoted(&r.value)
-                    ),
-                )
-            })?),
-        };
-        let port = match &raw.port {
-            Some(p) if p.value == 0 => {
-                return Err(self.bad(p, "delivery.port", "port 0 is not usable"))
-            }
-            Some(p) => p.value,
-            None => DEFAULT_PORT,
-        };
-        let tls = self.tls(raw.tls.unwrap_or_default())?;
-        let lifetime = self.duration(
-            &raw.lifetime,
-            "delivery.lifetime",
-            Duration::from_secs(DEFAULT_LIFETIME_SECS),
-        )?;
-        let retry_delay = self.duration(
-            &raw.retry_delay,
-            "delivery.retry_delay",
-            Duration::from_secs(DEFAULT_RETRY_DELAY_SECS),
-        )?;
-        let shutdown_grace = self.duration(
-            &raw.shutdown_grace,
-            "delivery.shutdown_grace",
-            Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS),
-        )?;
-        let max_connections = self.at_least_one(
-            &raw.max_connections,
-            "delivery.max_connections",
-            DEFAULT_MAX_CONNECTIONS,
-        )?;
-        let min_connections = self.at_least_one(
-            &raw.min_connections,
-            "delivery.min_connections",
-            DEFAULT_MIN_CONNECTIONS.min(max_connections),
-        )?;
-        if let Some(m) = &raw.min_connections {
-            if m.value > max_connections {
-                return Err(self.bad(
-                    m,
-                    "delivery.min_connections",
-                    format!(
-                        "{} is more than delivery.max_connections ({max_connections})",
-                        m.value
-                    ),
-                ));
-            }
+/// `delivery.route`: `dns` or a list of hosts.
+pub(super) fn route(
+    loader: &Loader<'_>,
+    key: &str,
+    value: &Spanned<RawRoute>,
+) -> Result<Route, ConfigError> {
+    match &value.value {
+        RawRoute::Keyword(word) if word.trim().eq_ignore_ascii_case("dns") => Ok(Route::Dns),
+        RawRoute::Keyword(word) => {
+            let message = format!(
+                "expected dns or a list of hosts, found {}; \
+                 write a single host as a list: [\"{}\"]",
+                quoted(word),
+                word.trim()
+            );
+            Err(loader.bad(value, key, message))
         }
-        let max_messages_per_connection = self.at_least_one(
-            &raw.max_messages_per_connection,
-            "delivery.max_messages_per_connection",
-            DEFAULT_MAX_MESSAGES_PER_CONNECTION,
-        )?;
-        Ok(DeliverySettings {
-            route,
-            resolver,
-            port,
-            tls,
-            lifetime,
-            retry_delay,
-            shutdown_grace,
-            min_connections,
-            max_connections,
-            max_messages_per_connection,
-        })
+        RawRoute::Other(what) => Err(loader.bad(
+            value,
+            key,
+            format!("expected dns or a list of hosts, found {what}"),
+        )),
+        RawRoute::Hosts(hosts) if hosts.is_empty() => Err(loader.bad(
+            value,
+            key,
+            "the list of hosts is empty; write dns to use the intake's MX",
+        )),
+        RawRoute::Hosts(hosts) => hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                parse_host_port(&host.value)
+                    .map_err(|e| loader.bad(host, &format!("{key}[{i}]"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Route::Static),
     }
+}
 
-    fn tls(&self, raw: RawTls) -> Result<TlsSettings, ConfigError> {
-        let ca_file = match &raw.ca_file {
-            None => None,
-            Some(file) => {
-                let written = file.value.trim();
-                if written.is_empty() {
-                    return Err(self.bad(
-                        file,
-                        "delivery.tls.ca_file",
-                        "the path is empty; write null for none",
-                    ));
-                }
-                let resolved = self.relative_to_file(written, "delivery.tls.ca_file");
-                let readable = std::fs::metadata(&resolved).and_then(|meta| {
-                    if meta.is_dir() {
-                        Err(std::io::Error::other("is a directory"))
-                    } else {
-                        std::fs::File::open(&resolved).map(drop)
-                    }
-                });
-                if let Err(e) = readable {
-                    return Err(self.bad(
-                        file,
-                        "delivery.tls.ca_file",
-                        format!(
-                            "cannot read {}: {e}",
-                            quoted(&resolved.display().to_string())
-                        ),
-                    ));
-                }
-                Some(resolved)
-            }
-        };
-        let cert_match = match &raw.cert_match {
-            None => CertMatch::defaults(),
-            Some(list) if list.value.is_empty() => {
-                return Err(self.bad(
-                    list,
-                    "delivery.tls.match",
-                    "the list is empty, so no certificate could ever be accepted; leave it out for the default",
-                ))
-            }
-            Some(list) => list
-                .value
-                .iter()
-                .enumerate()
-                .map(|(i, entry)| {
-                    parse_cert_match(&entry.value)
-                        .map_err(|e| self.bad(entry, &format!("delivery.tls.match[{i}]"), e))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        };
-        Ok(TlsSettings {
-            verify: raw.verify.unwrap_or(true),
-            ca_file,
-            cert_match,
-        })
+/// `delivery.resolver`: `system` or one name server's `IP:PORT`.
+pub(super) fn resolver(
+    loader: &Loader<'_>,
+    key: &str,
+    value: &Spanned<String>,
+) -> Result<ResolverSpec, ConfigError> {
+    let text = value.value.trim();
+    if text.eq_ignore_ascii_case("system") {
+        return Ok(ResolverSpec::System);
     }
+    text.parse().map(ResolverSpec::Server).map_err(|_| {
+        loader.bad(
+            value,
+            key,
+            format!(
+                "expected system or IP:PORT (like 127.0.0.1:5353 or [::1]:53), found {}",
+                quoted(&value.value)
+            ),
+        )
+    })
+}
+
+/// A TCP port other than 0.
+pub(super) fn port(
+    loader: &Loader<'_>,
+    key: &str,
+    value: &Spanned<u16>,
+) -> Result<u16, ConfigError> {
+    match value.value {
+        0 => Err(loader.bad(value, key, "port 0 is not usable")),
+        port => Ok(port),
+    }
+}
+
+/// `delivery.tls.ca_file`: a file we can read, relative to the file that names it.
+pub(super) fn ca_file(
+    loader: &Loader<'_>,
+    key: &str,
+    value: &Spanned<String>,
+) -> Result<PathBuf, ConfigError> {
+    let written = value.value.trim();
+    if written.is_empty() {
+        return Err(loader.bad(value, key, "the path is empty; write null for none"));
+    }
+    let resolved = loader.relative_to_file(written, key);
+    let readable = std::fs::metadata(&resolved).and_then(|meta| {
+        if meta.is_dir() {
+            Err(std::io::Error::other("is a directory"))
+        } else {
+            std::fs::File::open(&resolved).map(drop)
+        }
+    });
+    match readable {
+        Ok(()) => Ok(resolved),
+        Err(e) => Err(loader.bad(
+            value,
+            key,
+            format!(
+                "cannot read {}: {e}",
+                quoted(&resolved.display().to_string())
+            ),
+        )),
+    }
+}
+
+/// `delivery.tls.match`: a list that is not empty.
+pub(super) fn cert_match(
+    loader: &Loader<'_>,
+    key: &str,
+    list: &Spanned<Vec<Spanned<String>>>,
+) -> Result<Vec<CertMatch>, ConfigError> {
+    if list.value.is_empty() {
+        return Err(loader.bad(
+            list,
+            key,
+            "the list is empty, so no certificate could ever be accepted; leave it out for the default",
+        ));
+    }
+    list.value
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            parse_cert_match(&entry.value).map_err(|e| loader.bad(entry, &format!("{key}[{i}]"), e))
+        })
+        .collect()
+}
+
+/// `delivery.min_connections`: at most `max_connections`, whose own mistakes are
+/// reported first; its default gives way to a smaller `max_connections`.
+pub(super) fn min_connections(
+    loader: &Loader<'_>,
+    key: &str,
+    raw: &RawDelivery,
+) -> Result<usize, ConfigError> {
+    let max = match &raw.max_connections {
+        Some(max) => at_least_one(loader, "delivery.max_connections", max)?,
+        None => MAX_CONNECTIONS,
+    };
+    let Some(written) = &raw.min_connections else {
+        return Ok(MIN_CONNECTIONS.min(max));
+    };
+    let min = at_least_one(loader, key, written)?;
+    if min > max {
+        return Err(loader.bad(
+            written,
+            key,
+            format!("{min} is more than delivery.max_connections ({max})"),
+        ));
+    }
+    Ok(min)
 }

@@ -1,8 +1,12 @@
-//! The settings file as written: one struct per section, every key optional, unknown
-//! keys refused where they stand. Each section is declared once, with
-//! [`sections!`]: the same declaration gives serde its fields and gives the levels
-//! their key-by-key merge ([`Layer`]), so a new key cannot be read from the cluster
-//! file and then be missed at the group or machine level.
+//! Every settings key, declared once. The [`sections!`] table below lists each
+//! section of the file and, in it, each key in the order of the annotated example,
+//! with all that is known about it: the type serde reads, how the value written
+//! becomes the typed one (its check, and so its error messages), its default, and how
+//! `show-config` renders it. From that one line come the raw struct (every key
+//! optional, unknown keys refused where they stand), the key-by-key merge of the
+//! levels ([`Layer`]), the list of keys, the conversion into [`Settings`] and the
+//! rows of `show-config`; so a key cannot be read and then be missed at a level, left
+//! unconverted, or left out of `show-config`.
 //!
 //! A key is one of two things. A *section* (`delivery`, `delivery.tls`) merges key by
 //! key. Anything else is a *leaf* and is replaced whole by a more specific level,
@@ -10,200 +14,170 @@
 //! level's list and half of another's would be nobody's intent.
 
 use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-/// How a key's value combines across levels.
-pub(super) trait Layer: Sized {
-    /// Puts what `over` sets into `base` and tells `record` the name of each key set.
-    fn overlay(
-        base: &mut Option<Self>,
-        over: Option<Self>,
-        key: &str,
-        record: &mut dyn FnMut(&str),
-    );
-    /// Adds the name of every key this value holds (itself, for a leaf).
-    fn keys(key: &str, out: &mut Vec<String>);
-}
+use super::convert::{
+    at_least_one, copied, default_sender, duration, each, header_name, metrics_listen, not_empty,
+    parsed, path, percentage, size, some, verdict,
+};
+use super::delivery::{
+    ca_file, cert_match, min_connections, port, resolver, route, MAX_CONNECTIONS,
+};
+use super::policies::{default_policies, intake_address_needed, policies};
+use super::sections::Layer;
+use crate::config::show;
+use crate::config::values::{
+    normalise_address, parse_network, parse_socket_mode, parse_socket_spec,
+};
+use crate::config::{
+    CertMatch, CheckSettings, ControlSettings, DeliverySettings, IncomingSettings, JournalSettings,
+    MetricsSettings, MilterSettings, QueueSettings, ResolverSpec, Route, Settings, SocketSpec,
+    TlsSettings, TrackingSettings,
+};
 
-/// A leaf: the more specific level's value replaces the other whole.
-macro_rules! leaf_layer {
-    ($($(@$param:ident)? $ty:ty),* $(,)?) => {
-        $(
-            impl$(<$param>)? Layer for $ty {
-                fn overlay(
-                    base: &mut Option<Self>,
-                    over: Option<Self>,
-                    key: &str,
-                    record: &mut dyn FnMut(&str),
-                ) {
-                    if over.is_some() {
-                        *base = over;
-                        record(key);
-                    }
-                }
-                fn keys(key: &str, out: &mut Vec<String>) {
-                    out.push(key.to_string());
-                }
-            }
-        )*
-    };
-}
-
-leaf_layer!(bool, @T Spanned<T>, @T Vec<T>, RawLevels);
-
-/// `section.key`, or `key` at the top.
-fn child(section: &str, key: &str) -> String {
-    if section.is_empty() {
-        key.to_string()
-    } else {
-        format!("{section}.{key}")
-    }
-}
-
-/// The name of a field in the file: its own, or the one given with `as`.
-macro_rules! key_name {
-    ($field:ident) => {
-        stringify!($field)
-    };
-    ($field:ident $key:literal) => {
-        $key
-    };
-}
-
-/// Declares sections of the file. Each field is optional in the file; `field as
-/// "name": Type` reads key `name` (for names that are Rust keywords). The field order
-/// is the order serde lists the keys in when one is unknown.
-macro_rules! sections {
-    ($(
-        $(#[$meta:meta])*
-        struct $name:ident {
-            $( $field:ident $(as $key:literal)? : $ty:ty ),* $(,)?
-        }
-    )*) => {$(
-        $(#[$meta])*
-        #[derive(Deserialize, Default)]
-        #[serde(deny_unknown_fields)]
-        pub(super) struct $name {
-            $(
-                $(#[serde(rename = $key)])?
-                pub(super) $field: Option<$ty>,
-            )*
-        }
-
-        impl $name {
-            /// Puts every key that `over` sets into `self`, key by key.
-            pub(super) fn merge(&mut self, over: $name, section: &str, record: &mut dyn FnMut(&str)) {
-                $(
-                    Layer::overlay(
-                        &mut self.$field,
-                        over.$field,
-                        &child(section, key_name!($field $($key)?)),
-                        record,
-                    );
-                )*
-            }
-        }
-
-        impl Layer for $name {
-            fn overlay(
-                base: &mut Option<Self>,
-                over: Option<Self>,
-                key: &str,
-                record: &mut dyn FnMut(&str),
-            ) {
-                if let Some(over) = over {
-                    base.get_or_insert_with(Default::default).merge(over, key, record);
-                }
-            }
-            fn keys(key: &str, out: &mut Vec<String>) {
-                $( <$ty as Layer>::keys(&child(key, key_name!($field $($key)?)), out); )*
-            }
-        }
-    )*};
-}
+const MIB: u64 = 1024 * 1024;
 
 sections! {
-    /// The whole file. `levels` is read from the main file only and never merged.
-    struct RawSettings {
-        enabled: bool,
-        intake_address: Spanned<String>,
-        milter: RawMilter,
-        incoming: RawIncoming,
-        journal: RawJournal,
-        delivery: RawDelivery,
-        queue: RawQueue,
-        control: RawControl,
-        metrics: RawMetrics,
-        tracking: RawTracking,
-        check: RawCheck,
-        policies: Spanned<Vec<RawPolicy>>,
-        levels: RawLevels,
+    /// The whole file.
+    struct RawSettings => Settings {
+        enabled: bool [copied, default true, show::display],
+        intake_address: Spanned<String> [
+            some(parsed(normalise_address)),
+            default None,
+            show::or_null
+        ],
+        milter: RawMilter [section],
+        incoming: RawIncoming [section],
+        journal: RawJournal [section],
+        delivery: RawDelivery [section],
+        queue: RawQueue [section],
+        control: RawControl [section],
+        metrics: RawMetrics [section],
+        tracking: RawTracking [section],
+        check: RawCheck [section],
+        policies: Spanned<Vec<RawPolicy>> [
+            policies,
+            default default_policies(),
+            rows show::policies
+        ],
+    }
+    // Read from the main file only, before the levels are merged; it names files.
+    unread { levels: RawLevels }
+    // Set by `Settings::from_yaml` once the levels are known.
+    extra { path: PathBuf::new(), level_files: Vec::new(), origins: Default::default() }
+    check intake_address_needed;
+
+    struct RawMilter => MilterSettings {
+        listen: Spanned<String> [
+            parsed(parse_socket_spec),
+            default SocketSpec::Inet { host: "127.0.0.1".into(), port: 8895 },
+            show::display
+        ],
+        /// Debian's Postfix runs up to `default_process_limit` (100) smtpd processes
+        /// per service, each holding one milter connection: ten such services fit.
+        max_connections: Spanned<usize> [at_least_one, default 1000, show::display],
+        /// libmilter's own default, a little over Postfix's longest milter timeout (2 h).
+        idle_timeout: Spanned<String> [duration, default Duration::from_secs(7210), show::period],
+        /// Owner and group read and write: Postfix's user, a member of the socket's
+        /// group, can connect; nobody else can.
+        socket_mode: Spanned<String> [parsed(parse_socket_mode), default 0o660, show::octal],
+        socket_group: Spanned<String> [
+            some(not_empty("the group name is empty")),
+            default None,
+            show::or_null
+        ],
     }
 
-    struct RawTracking {
-        max_journals: Spanned<usize>,
-        max_age: Spanned<String>,
+    struct RawIncoming => IncomingSettings {
+        daemon_names: Vec<Spanned<String>> [
+            each(not_empty("the daemon name is empty")),
+            default Vec::new(),
+            show::list
+        ],
+        internal_networks: Vec<Spanned<String>> [
+            each(parsed(parse_network)),
+            default Vec::new(),
+            show::list
+        ],
     }
 
-    struct RawCheck {
-        window: Spanned<String>,
-        queue_warning: Spanned<String>,
+    struct RawJournal => JournalSettings {
+        sender: Spanned<String> [
+            parsed(normalise_address),
+            default_with default_sender,
+            show::display
+        ],
+        client_ip_header: Spanned<String> [
+            header_name,
+            default "X-IronPort-RemoteIP".into(),
+            show::display
+        ],
+        max_size: Spanned<String> [size, default 50 * MIB, show::bytes],
+        /// No default verdict: a header that a filter before us did not set (or did not
+        /// clean of the sender's copies) would let any sender opt out of scanning.
+        not_clean: Vec<RawVerdict> [each(verdict), default Vec::new(), show::verdicts],
     }
 
-    struct RawMetrics {
-        listen: Spanned<String>,
+    struct RawDelivery => DeliverySettings {
+        route: Spanned<RawRoute> [route, default Route::Dns, show::route],
+        resolver: Spanned<String> [resolver, default ResolverSpec::System, show::resolver],
+        port: Spanned<u16> [port, default 25, show::display],
+        tls: RawTls [section],
+        lifetime: Spanned<String> [duration, default Duration::from_secs(120), show::period],
+        retry_delay: Spanned<String> [duration, default Duration::from_secs(5), show::period],
+        shutdown_grace: Spanned<String> [duration, default Duration::from_secs(30), show::period],
+        /// At most `max_connections`; its default (3) gives way to a smaller one.
+        min_connections: Spanned<usize> [by min_connections, show::display],
+        max_connections: Spanned<usize> [at_least_one, default MAX_CONNECTIONS, show::display],
+        max_messages_per_connection: Spanned<usize> [at_least_one, default 10, show::display],
     }
 
-    struct RawControl {
-        socket: Spanned<String>,
+    struct RawTls => TlsSettings {
+        verify: bool [copied, default true, show::display],
+        ca_file: Spanned<String> [some(ca_file), default None, show::path_or_null],
+        cert_match as "match": Spanned<Vec<Spanned<String>>> [
+            cert_match,
+            default CertMatch::defaults(),
+            show::list
+        ],
     }
 
-    struct RawQueue {
-        spool_dir: Spanned<String>,
-        max_messages: Spanned<usize>,
-        max_bytes: Spanned<String>,
+    struct RawQueue => QueueSettings {
+        spool_dir: Spanned<String> [path, default "/var/spool/tdc-milter".into(), show::path],
+        max_messages: Spanned<usize> [at_least_one, default 100_000, show::display],
+        max_bytes: Spanned<String> [size, default 2048 * MIB, show::bytes],
     }
 
-    struct RawMilter {
-        listen: Spanned<String>,
-        max_connections: Spanned<usize>,
-        idle_timeout: Spanned<String>,
-        socket_mode: Spanned<String>,
-        socket_group: Spanned<String>,
+    struct RawControl => ControlSettings {
+        socket: Spanned<String> [path, default "/run/tdc-milter/control.sock".into(), show::path],
     }
 
-    struct RawIncoming {
-        daemon_names: Vec<Spanned<String>>,
-        internal_networks: Vec<Spanned<String>>,
+    struct RawMetrics => MetricsSettings {
+        listen: Spanned<String> [
+            metrics_listen,
+            default Some(SocketAddr::from(([127, 0, 0, 1], 9466))),
+            show::address_or_off
+        ],
     }
 
-    struct RawJournal {
-        sender: Spanned<String>,
-        client_ip_header: Spanned<String>,
-        max_size: Spanned<String>,
-        not_clean: Vec<RawVerdict>,
+    struct RawTracking => TrackingSettings {
+        max_journals: Spanned<usize> [
+            at_least_one,
+            default crate::tracking::DEFAULT_CAPACITY,
+            show::display
+        ],
+        max_age: Spanned<String> [duration, default crate::tracking::DEFAULT_MAX_AGE, show::period],
     }
 
-    struct RawDelivery {
-        route: Spanned<RawRoute>,
-        resolver: Spanned<String>,
-        port: Spanned<u16>,
-        tls: RawTls,
-        lifetime: Spanned<String>,
-        retry_delay: Spanned<String>,
-        shutdown_grace: Spanned<String>,
-        min_connections: Spanned<usize>,
-        max_connections: Spanned<usize>,
-        max_messages_per_connection: Spanned<usize>,
-    }
-
-    struct RawTls {
-        verify: bool,
-        ca_file: Spanned<String>,
-        cert_match as "match": Spanned<Vec<Spanned<String>>>,
+    struct RawCheck => CheckSettings {
+        window: Spanned<String> [duration, default Duration::from_secs(15 * 60), show::period],
+        queue_warning: Spanned<String> [percentage, default 0.5, show::percent],
     }
 }
 
@@ -213,7 +187,6 @@ impl RawSettings {
     pub(super) fn keys() -> Vec<String> {
         let mut out = Vec::new();
         <RawSettings as Layer>::keys("", &mut out);
-        out.retain(|key| key != "levels");
         out
     }
 }

@@ -2,8 +2,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
+use crate::config::values::normalise_address;
 use crate::config::{
-    CertMatch, Connector, HostPort, Pattern, Policy, ResolverSpec, Route, SocketSpec, TlsSettings,
+    CertMatch, Connector, HeaderVerdict, HostPort, Pattern, Policy, ResolverSpec, Route,
+    SocketSpec, TlsSettings,
 };
 
 const FILE: &str = "/etc/tdc-milter/tdc-milter.yaml";
