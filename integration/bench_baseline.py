@@ -21,31 +21,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import stack as st  # noqa: E402
-
-SMTP_SOURCE = "/usr/sbin/smtp-source"
-HERTZ = os.sysconf("SC_CLK_TCK")
-
-
-class CountingStack(st.Stack):
-    """The integration stack with an smtp-sink next hop that stores nothing."""
-
-    def start_relay_sink(self):
-        port = self.ports["relay"]
-        self.spawn("smtp-sink", [st.SMTP_SINK, "-u", "postfix", "127.0.0.1:%d" % port, "256"],
-                   self.log_dir / "smtp-sink.log")
-        self.wait_listening(port, "smtp-sink")
-
-
-def cpu_seconds(pid):
-    """utime + stime of a process, all its threads, in seconds."""
-    fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / HERTZ
+from benchkit.load import smtp_source  # noqa: E402
+from benchkit.measure import cpu_seconds  # noqa: E402
+from benchkit.setups import CountingStack  # noqa: E402
 
 
 def delivered(stack):
@@ -58,16 +40,12 @@ def one_run(stack, binary, args):
     stack.start_milter()
     pid = stack.state["processes"]["tdc-milter"]["pid"]
     before_delivered = delivered(stack)
-    cpu_before = cpu_seconds(pid)
-    argv = [SMTP_SOURCE, "-d", "-s", str(args.sessions), "-m", str(args.messages), "-l", str(args.size),
-            "-M", "client.example.net", "-f", "sender@example.net", "-t", "alice@example.com",
-            "127.0.0.1:%d" % stack.ports["smtpd"]]
-    started = time.monotonic()
-    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=1800)
-    accepted_in = time.monotonic() - started
+    cpu_before = cpu_seconds(pid, children=False)
+    _, accepted_in = smtp_source(stack, args.messages, args.sessions, args.size,
+                                 sender="sender@example.net", recipient="alice@example.com")
     st.poll(lambda: delivered(stack) - before_delivered >= args.messages, 600, interval=0.2,
             what="%d journals delivered" % args.messages)
-    cpu = cpu_seconds(pid) - cpu_before
+    cpu = cpu_seconds(pid, children=False) - cpu_before
     return {"rate": args.messages / accepted_in, "cpu_per_1000": cpu * 1000.0 / args.messages}
 
 

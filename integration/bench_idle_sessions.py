@@ -18,21 +18,14 @@ import struct
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import stack as st  # noqa: E402
+from benchkit.measure import KIB, MIB, vm_status  # noqa: E402
 
 # SMFIC_OPTNEG: protocol version 6, every action, every protocol step.
 OPTNEG = b"O" + struct.pack(">III", 6, 0x1FF, 0x1FFFFF)
-
-
-def vm_rss_kib(pid):
-    for line in Path("/proc/%d/status" % pid).read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS for %d" % pid)
 
 
 def negotiated(port):
@@ -68,17 +61,17 @@ def main():
         # One session first, so that what every session shares is allocated.
         socks.append(negotiated(stack.ports["milter"]))
         time.sleep(1)
-        before = vm_rss_kib(pid)
+        before = vm_status(pid)["VmRSS"]
         for _ in range(args.sessions):
             socks.append(negotiated(stack.ports["milter"]))
         time.sleep(1)
-        after = vm_rss_kib(pid)
+        after = vm_status(pid)["VmRSS"]
     finally:
         for s in socks:
             s.close()
         stack.stop_all()
     print("idle milter sessions: %d; daemon VmRSS %.1f MiB before, %.1f MiB after: %.1f KiB a session"
-          % (args.sessions, before / 1024, after / 1024, (after - before) / args.sessions))
+          % (args.sessions, before / MIB, after / MIB, (after - before) / KIB / args.sessions))
 
 
 if __name__ == "__main__":
