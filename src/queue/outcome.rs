@@ -20,13 +20,18 @@ impl Shared {
     pub(super) fn finish(&self, mid: u64, result: Result<Reply, AttemptError>, dcid: Option<u64>) {
         match result {
             Ok(_) => {
-                if let Some(q) = self.lock().forget(mid) {
-                    self.delivered(&q.record);
-                }
+                let Some(q) = self.forget(mid) else { return };
+                self.delivered(&q.record);
             }
             Err(error) => self.failed(mid, &error, dcid),
         }
         self.wake.notify_one();
+    }
+
+    /// Takes the journal out of the queue state; the lock is given back on return,
+    /// so what follows (logging, counting, the spool) runs outside it.
+    fn forget(&self, mid: u64) -> Option<Queued> {
+        self.lock().forget(mid)
     }
 
     fn delivered(&self, record: &Record) {
@@ -69,8 +74,7 @@ impl Shared {
             (q.record.clone(), q.deadline)
         };
         if Instant::now() >= deadline {
-            let gone = self.lock().forget(mid);
-            if let Some(q) = gone {
+            if let Some(q) = self.forget(mid) {
                 self.expire(&q.record);
             }
             return;
@@ -79,8 +83,7 @@ impl Shared {
         match retry::decide(error.cause(), attempts, self.limits.retry_delay) {
             Decision::Retry(delay) => self.soft_bounced(&record, attempts, delay),
             Decision::HardBounce => {
-                let gone = self.lock().forget(mid);
-                if let Some(q) = gone {
+                if let Some(q) = self.forget(mid) {
                     self.hard_bounced(&q, error);
                 }
             }
