@@ -54,13 +54,6 @@ pub enum Event<'a> {
     },
     /// Warning at start when certificate checks are off.
     TlsVerifyOff,
-    /// A journal entered the.tdc.queue.
-    Enqueued {
-        mid: u64,
-        message_id: &'a str,
-        intake: &'a str,
-        queue_id: &'a str,
-    },
     /// The original was not journaled (size, internal error, ...), with the reason.
     NotJournaled {
         queue_id: &'a str,
@@ -85,16 +78,6 @@ pub enum Event<'a> {
         protocol: &'a str,
         cipher: &'a str,
     },
-    DeliveryStart {
-        dcid: u64,
-        mid: u64,
-    },
-    Delivered {
-        mid: u64,
-    },
-    Finished {
-        mid: u64,
-    },
     /// A connection could not be made or was lost.
     ConnectionError {
         dcid: u64,
@@ -108,19 +91,6 @@ pub enum Event<'a> {
     DnsError {
         detail: &'a str,
     },
-    TlsFailed {
-        mid: u64,
-    },
-    /// A soft failure: the journal is tried once more after the delay.
-    RetryScheduled {
-        mid: u64,
-        delay_secs: u64,
-    },
-    /// The journal's lifetime ended before it was delivered.
-    Expired {
-        mid: u64,
-        lifetime_secs: u64,
-    },
     /// The intake domain cannot receive mail (NXDOMAIN, null MX, no address): the
     /// lookup that said so.
     BadDestinationHost {
@@ -131,13 +101,6 @@ pub enum Event<'a> {
     /// Journals found in the spool at start.
     Recovered {
         count: usize,
-    },
-    /// One journal taken back from the spool at start.
-    RecoveredJournal {
-        mid: u64,
-        message_id: &'a str,
-        intake: &'a str,
-        queue_id: &'a str,
     },
     /// A spool file that could not be read back was moved aside.
     DamagedSpoolFile {
@@ -182,24 +145,202 @@ pub enum Event<'a> {
     },
     /// Shutdown grace period over with deliveries still running.
     DeliveriesAbandoned,
-    /// The spool failed for one journal (read, rename, remove).
-    SpoolFailure {
+    /// A step in the life of the journal `mid`.
+    Journal {
         mid: u64,
-        error: &'a str,
+        step: Step<&'a str>,
     },
-    /// Why an attempt failed, in our words, before the appliance's outcome line.
-    FailureDetail {
-        mid: u64,
-        detail: &'a str,
+}
+
+/// The IDs a journal is known by besides its MID, as its queued lines name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ids<T> {
+    pub message_id: T,
+    pub intake: T,
+    pub queue_id: T,
+}
+
+impl<T> Ids<T> {
+    pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> Ids<U> {
+        Ids {
+            message_id: f(self.message_id),
+            intake: f(self.intake),
+            queue_id: f(self.queue_id),
+        }
+    }
+}
+
+impl<T: std::ops::Deref<Target = str>> Ids<T> {
+    pub fn as_str(&self) -> Ids<&str> {
+        Ids {
+            message_id: &self.message_id,
+            intake: &self.intake,
+            queue_id: &self.queue_id,
+        }
+    }
+}
+
+/// What can happen to one journal, from the.tdc.queue to its end: the lines that
+/// carry a MID. Message tracking keeps these as they are and renders them here, so a
+/// tracked line is the mail log's line to the byte.
+///
+/// `T` holds a text: borrowed when an event is logged, shared when tracking keeps it.
+/// `I` holds the journal's [`Ids`] in the lines that name them; tracking keeps them
+/// once per journal and leaves them out of each line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step<T, I = Ids<T>> {
+    /// The journal entered the.tdc.queue.
+    Enqueued(I),
+    /// The journal was taken back from the spool at start.
+    Recovered(I),
+    DeliveryStart {
+        dcid: u64,
     },
-    HardBounced {
-        mid: u64,
-    },
+    Delivered,
+    /// The appliance's Message Tracking line for a delivered journal. Tracking shows
+    /// it after the `Delivered` line; the mail log does not carry it, as the
+    /// appliance's does not.
+    DeliveredForScanning,
+    Finished,
+    TlsFailed,
+    HardBounced,
     Bounced {
         dcid: u64,
-        mid: u64,
-        response: &'a str,
+        response: T,
     },
+    /// Why an attempt failed, in our words, before the appliance's outcome line.
+    FailureDetail(T),
+    /// A soft failure: the journal is tried once more after the delay.
+    RetryScheduled {
+        delay_secs: u64,
+    },
+    /// The journal's lifetime ended before it was delivered.
+    Expired {
+        lifetime_secs: u64,
+    },
+    /// The spool failed for this journal (read, rename, remove).
+    SpoolFailure(T),
+}
+
+impl<T, I> Step<T, I> {
+    /// The same step with its texts and IDs held another way.
+    pub fn map<U, J>(self, mut text: impl FnMut(T) -> U, ids: impl FnOnce(I) -> J) -> Step<U, J> {
+        match self {
+            Step::Enqueued(i) => Step::Enqueued(ids(i)),
+            Step::Recovered(i) => Step::Recovered(ids(i)),
+            Step::DeliveryStart { dcid } => Step::DeliveryStart { dcid },
+            Step::Delivered => Step::Delivered,
+            Step::DeliveredForScanning => Step::DeliveredForScanning,
+            Step::Finished => Step::Finished,
+            Step::TlsFailed => Step::TlsFailed,
+            Step::HardBounced => Step::HardBounced,
+            Step::Bounced { dcid, response } => Step::Bounced {
+                dcid,
+                response: text(response),
+            },
+            Step::FailureDetail(detail) => Step::FailureDetail(text(detail)),
+            Step::RetryScheduled { delay_secs } => Step::RetryScheduled { delay_secs },
+            Step::Expired { lifetime_secs } => Step::Expired { lifetime_secs },
+            Step::SpoolFailure(error) => Step::SpoolFailure(text(error)),
+        }
+    }
+
+    pub fn as_ref(&self) -> Step<&T, &I> {
+        match self {
+            Step::Enqueued(i) => Step::Enqueued(i),
+            Step::Recovered(i) => Step::Recovered(i),
+            Step::DeliveryStart { dcid } => Step::DeliveryStart { dcid: *dcid },
+            Step::Delivered => Step::Delivered,
+            Step::DeliveredForScanning => Step::DeliveredForScanning,
+            Step::Finished => Step::Finished,
+            Step::TlsFailed => Step::TlsFailed,
+            Step::HardBounced => Step::HardBounced,
+            Step::Bounced { dcid, response } => Step::Bounced {
+                dcid: *dcid,
+                response,
+            },
+            Step::FailureDetail(detail) => Step::FailureDetail(detail),
+            Step::RetryScheduled { delay_secs } => Step::RetryScheduled {
+                delay_secs: *delay_secs,
+            },
+            Step::Expired { lifetime_secs } => Step::Expired {
+                lifetime_secs: *lifetime_secs,
+            },
+            Step::SpoolFailure(error) => Step::SpoolFailure(error),
+        }
+    }
+}
+
+impl Step<&str> {
+    /// Not written to the mail log, only shown by `track`.
+    fn tracking_only(&self) -> bool {
+        matches!(self, Step::DeliveredForScanning)
+    }
+
+    fn write(&self, f: &mut fmt::Formatter<'_>, mid: u64) -> fmt::Result {
+        match self {
+            Step::Enqueued(ids) => write!(
+                f,
+                "TDC: MID {mid} with Message-ID '{}' enqueued for forwarding to {SETD} to the message intake address {} (queue ID {})",
+                sanitize(ids.message_id),
+                sanitize(ids.intake),
+                sanitize(ids.queue_id)
+            ),
+            Step::Recovered(ids) => write!(
+                f,
+                "TDC: MID {mid} with Message-ID '{}' recovered from the spool for the message intake address {} (queue ID {})",
+                sanitize(ids.message_id),
+                sanitize(ids.intake),
+                sanitize(ids.queue_id)
+            ),
+            Step::DeliveryStart { dcid } => {
+                write!(f, "TDC: Delivery start DCID {dcid} MID {mid}")
+            }
+            Step::Delivered => write!(
+                f,
+                "TDC: MID {mid} successfully delivered for scanning with {SETD}."
+            ),
+            Step::DeliveredForScanning => write!(
+                f,
+                "TDC: Message {mid} was successfully delivered for scanning with {SETD}."
+            ),
+            Step::Finished => write!(f, "Message finished MID {mid} done"),
+            Step::TlsFailed => {
+                write!(f, "TDC: MID {mid} delivery failed to {SETD}: TLS Error.")
+            }
+            Step::HardBounced => {
+                write!(f, "TDC: MID {mid} delivery failed to {SETD}: Hard Bounced.")
+            }
+            Step::Bounced { dcid, response } => write!(
+                f,
+                "Bounced: DCID {dcid} MID {mid} to RID 0 - Bounced by destination server with response: {}",
+                sanitize(response)
+            ),
+            Step::FailureDetail(detail) => {
+                write!(f, "TDC: MID {mid} delivery attempt failed: {}", sanitize(detail))
+            }
+            Step::RetryScheduled { delay_secs } => write!(
+                f,
+                "TDC: MID {mid} soft bounced, one retry in {delay_secs} s"
+            ),
+            Step::Expired { lifetime_secs } => write!(
+                f,
+                "TDC: MID {mid} removed from the.tdc.queue: not delivered within its lifetime of {lifetime_secs} s"
+            ),
+            Step::SpoolFailure(error) => write!(
+                f,
+                "TDC: MID {mid}: spool failure: {}; if the file stays, the journal is delivered again after a restart",
+                sanitize(error)
+            ),
+        }
+    }
+}
+
+impl<'a> Event<'a> {
+    /// `step` of the journal `mid`.
+    pub fn journal(mid: u64, step: Step<&'a str>) -> Event<'a> {
+        Event::Journal { mid, step }
+    }
 }
 
 impl Event<'_> {
@@ -215,7 +356,10 @@ impl Event<'_> {
             | Event::AcceptFailing { .. }
             | Event::FileLimitLow { .. }
             | Event::DeliveriesAbandoned => Severity::Warning,
-            Event::SpoolFailure { .. } => Severity::Critical,
+            Event::Journal {
+                step: Step::SpoolFailure(_),
+                ..
+            } => Severity::Critical,
             _ => Severity::Info,
         }
     }
@@ -239,18 +383,6 @@ impl fmt::Display for Event<'_> {
                 f,
                 "TDC: certificate verification of the message intake is off (delivery.tls.verify: false)"
             ),
-            Event::Enqueued {
-                mid,
-                message_id,
-                intake,
-                queue_id,
-            } => write!(
-                f,
-                "TDC: MID {mid} with Message-ID '{}' enqueued for forwarding to {SETD} to the message intake address {} (queue ID {})",
-                sanitize(message_id),
-                sanitize(intake),
-                sanitize(queue_id)
-            ),
             Event::NotJournaled {
                 queue_id,
                 message_id,
@@ -273,6 +405,7 @@ impl fmt::Display for Event<'_> {
                 sanitize(queue_id),
                 sanitize(reason)
             ),
+            Event::Journal { mid, step } => step.write(f, *mid),
             Event::NewConnection {
                 dcid,
                 interface,
@@ -287,14 +420,6 @@ impl fmt::Display for Event<'_> {
                 protocol,
                 cipher,
             } => write!(f, "DCID {dcid} TLS success protocol {protocol} cipher {cipher}"),
-            Event::DeliveryStart { dcid, mid } => {
-                write!(f, "TDC: Delivery start DCID {dcid} MID {mid}")
-            }
-            Event::Delivered { mid } => write!(
-                f,
-                "TDC: MID {mid} successfully delivered for scanning with {SETD}."
-            ),
-            Event::Finished { mid } => write!(f, "Message finished MID {mid} done"),
             Event::ConnectionError {
                 dcid,
                 address,
@@ -313,17 +438,6 @@ impl fmt::Display for Event<'_> {
                 )
             }
             Event::DnsError { detail } => write!(f, "DNS Error {}", sanitize(detail)),
-            Event::TlsFailed { mid } => {
-                write!(f, "TDC: MID {mid} delivery failed to {SETD}: TLS Error.")
-            }
-            Event::RetryScheduled { mid, delay_secs } => write!(
-                f,
-                "TDC: MID {mid} soft bounced, one retry in {delay_secs} s"
-            ),
-            Event::Expired { mid, lifetime_secs } => write!(
-                f,
-                "TDC: MID {mid} removed from the.tdc.queue: not delivered within its lifetime of {lifetime_secs} s"
-            ),
             Event::BadDestinationHost {
                 name,
                 qtype,
@@ -336,18 +450,6 @@ impl fmt::Display for Event<'_> {
             Event::Recovered { count } => {
                 write!(f, "TDC: {count} journals recovered from the spool")
             }
-            Event::RecoveredJournal {
-                mid,
-                message_id,
-                intake,
-                queue_id,
-            } => write!(
-                f,
-                "TDC: MID {mid} with Message-ID '{}' recovered from the spool for the message intake address {} (queue ID {})",
-                sanitize(message_id),
-                sanitize(intake),
-                sanitize(queue_id)
-            ),
             Event::DamagedSpoolFile { path, reason } => write!(
                 f,
                 "TDC: damaged spool file {} moved aside: {}",
@@ -408,26 +510,6 @@ impl fmt::Display for Event<'_> {
             Event::DeliveriesAbandoned => write!(
                 f,
                 "TDC: deliveries still running at shutdown were abandoned; their journals stay in the spool"
-            ),
-            Event::SpoolFailure { mid, error } => write!(
-                f,
-                "TDC: MID {mid}: spool failure: {}; if the file stays, the journal is delivered again after a restart",
-                sanitize(error)
-            ),
-            Event::FailureDetail { mid, detail } => {
-                write!(f, "TDC: MID {mid} delivery attempt failed: {}", sanitize(detail))
-            }
-            Event::HardBounced { mid } => {
-                write!(f, "TDC: MID {mid} delivery failed to {SETD}: Hard Bounced.")
-            }
-            Event::Bounced {
-                dcid,
-                mid,
-                response,
-            } => write!(
-                f,
-                "Bounced: DCID {dcid} MID {mid} to RID 0 - Bounced by destination server with response: {}",
-                sanitize(response)
             ),
         }
     }
@@ -492,7 +574,7 @@ pub struct Log {
 
 /// Something that wants every event besides the log (message tracking).
 pub trait Tap: Send + Sync {
-    fn event(&self, event: &Event<'_>, line: &str);
+    fn event(&self, event: &Event<'_>);
 }
 
 enum Sink {
@@ -573,11 +655,13 @@ impl Log {
     }
 
     pub fn event(&self, event: Event<'_>) {
-        let line = event.to_string();
         if let Some(tap) = &self.tap {
-            tap.event(&event, &line);
+            tap.event(&event);
         }
-        self.write(event.severity(), &line);
+        if matches!(&event, Event::Journal { step, .. } if step.tracking_only()) {
+            return;
+        }
+        self.write(event.severity(), &event.to_string());
     }
 
     /// A line that is not one of the appliance's events (errors of our own, start-up).
@@ -662,12 +746,14 @@ mod tests {
 
     #[test]
     fn success_path_lines_match_the_reference_wording() {
-        let enq = Event::Enqueued {
-            mid: 14501404,
-            message_id: "<O7afv777xxreILg2OQ@gostrt-sstp-0>",
-            intake: "33c48e-27xp9-05ecb4@beta.cmd.cisco.com",
-            queue_id: "3E354998043",
-        };
+        let enq = Event::journal(
+            14501404,
+            Step::Enqueued(Ids {
+                message_id: "<O7afv777xxreILg2OQ@gostrt-sstp-0>",
+                intake: "33c48e-27xp9-05ecb4@beta.cmd.cisco.com",
+                queue_id: "3E354998043",
+            }),
+        );
         assert_eq!(
             enq.to_string(),
             "TDC: MID 14501404 with Message-ID '<O7afv777xxreILg2OQ@gostrt-sstp-0>' enqueued for forwarding to Cisco Secure Email Threat Defense to the message intake address 33c48e-27xp9-05ecb4@beta.cmd.cisco.com (queue ID 3E354998043)"
@@ -692,19 +778,15 @@ mod tests {
             "DCID 4566150 TLS success protocol TLSv1.2 cipher ECDHE-RSA-AES128-GCM-SHA256"
         );
         assert_eq!(
-            Event::DeliveryStart {
-                dcid: 4566150,
-                mid: 14501404
-            }
-            .to_string(),
+            Event::journal(14501404, Step::DeliveryStart { dcid: 4566150 }).to_string(),
             "TDC: Delivery start DCID 4566150 MID 14501404"
         );
         assert_eq!(
-            Event::Delivered { mid: 14501404 }.to_string(),
+            Event::journal(14501404, Step::Delivered).to_string(),
             "TDC: MID 14501404 successfully delivered for scanning with Cisco Secure Email Threat Defense."
         );
         assert_eq!(
-            Event::Finished { mid: 14501404 }.to_string(),
+            Event::journal(14501404, Step::Finished).to_string(),
             "Message finished MID 14501404 done"
         );
     }
@@ -724,11 +806,11 @@ mod tests {
             "TDC: Connection Error: DCID 36 domain: the.tdc.queue IP: 10.10.0.3 port: 25 details: timeout interface: 10.10.11.63 reason: connection timed out"
         );
         assert_eq!(
-            Event::TlsFailed { mid: 1450012 }.to_string(),
+            Event::journal(1450012, Step::TlsFailed).to_string(),
             "TDC: MID 1450012 delivery failed to Cisco Secure Email Threat Defense: TLS Error."
         );
         assert_eq!(
-            Event::HardBounced { mid: 171 }.to_string(),
+            Event::journal(171, Step::HardBounced).to_string(),
             "TDC: MID 171 delivery failed to Cisco Secure Email Threat Defense: Hard Bounced."
         );
         assert_eq!(
@@ -779,12 +861,14 @@ mod tests {
             "\u{00E9}\u{4E2D}",
             "other text stays"
         );
-        let line = Event::Enqueued {
-            mid: 1,
-            message_id: forged,
-            intake: "i@x",
-            queue_id: "Q\n",
-        }
+        let line = Event::journal(
+            1,
+            Step::Enqueued(Ids {
+                message_id: forged,
+                intake: "i@x",
+                queue_id: "Q\n",
+            }),
+        )
         .to_string();
         assert!(!line.contains('\n') && !line.contains('\r'));
     }
@@ -792,7 +876,7 @@ mod tests {
     #[test]
     fn memory_log_records_severity_word() {
         let log = Log::memory();
-        log.event(Event::Finished { mid: 7 });
+        log.event(Event::journal(7, Step::Finished));
         log.line(Severity::Critical, "spool broken");
         assert_eq!(
             log.lines(),
@@ -812,7 +896,7 @@ mod tests {
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .expect("timeout");
         let log = Log::syslog_at(&path);
-        log.event(Event::Delivered { mid: 3 });
+        log.event(Event::journal(3, Step::Delivered));
         let mut buf = [0u8; 1024];
         let n = receiver.recv(&mut buf).expect("datagram");
         let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -836,7 +920,7 @@ mod tests {
         receiver
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .expect("timeout");
-        log.event(Event::Finished { mid: 3 });
+        log.event(Event::journal(3, Step::Finished));
         let n = receiver.recv(&mut buf).expect("datagram after restart");
         assert!(String::from_utf8_lossy(&buf[..n]).contains("Info: Message finished MID 3 done"));
     }

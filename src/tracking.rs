@@ -5,6 +5,7 @@
 //! can never tell different stories. Journals still in the spool at start are taken
 //! back with a "recovered" line, so their tracking survives a restart.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::now_secs as now;
 use crate::outcome::Skip;
-use crate::tdclog::{Event, Tap};
+use crate::tdclog::{Event, Ids, Step, Tap};
 
 mod skipped;
 pub use skipped::NotJournaled;
@@ -28,7 +29,7 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// three lines a try; keeping all its lines let one journal grow without bound. Even
 /// so bounded, 10,000 journals at their 17 lines, kept as formatted text, cost about
 /// 2,970 bytes and 21 allocations a journal, the daemon's biggest memory; kept as
-/// `Line`s, about 740 bytes and 3 allocations (the ignored test `memory_per_journal`).
+/// `Line`s, about 730 bytes and 3 allocations (the ignored test `memory_per_journal`).
 const HEAD_LINES: usize = 4;
 const TAIL_LINES: usize = 12;
 /// Distinct free texts (failure details, bounce responses, spool errors, intake
@@ -56,48 +57,30 @@ pub struct Journal {
     pub omitted: u64,
 }
 
-/// A kept line is what its event said, not its wording: the wording is rendered by
-/// the event itself when the line is asked for, so it is the mail log's to the byte,
-/// and a line costs `size_of::<Line>()` instead of its 20 to 230 bytes of text.
+/// A kept line is the event itself, the catalogue's [`Step`]: its wording is rendered
+/// by `tdclog` when the line is asked for, so it is the mail log's to the byte, and a
+/// line costs `size_of::<Line>()` (32 bytes) instead of its 20 to 230 bytes of text.
 struct Line {
     /// Seconds since the Unix epoch.
     at: u64,
-    what: What,
+    step: KeptStep,
 }
 
-/// The events about a MID, owned. The MID, queue ID, Message-ID and intake are the
-/// journal's, stored once for all its lines.
-enum What {
-    Enqueued,
-    RecoveredJournal,
-    DeliveryStart {
-        dcid: u64,
-    },
-    Delivered,
-    /// The appliance's message-tracking wording for a delivered journal.
-    DeliveredForScanning,
-    Finished,
-    TlsFailed,
-    HardBounced,
-    /// Boxed: it ends a journal, so there is at most one; inline, it would make every
-    /// line 8 bytes larger.
-    Bounced(Box<Bounce>),
-    FailureDetail(Arc<str>),
-    RetryScheduled {
-        delay_secs: u64,
-    },
-    Expired {
-        lifetime_secs: u64,
-    },
-    SpoolFailure(Arc<str>),
-    /// An event that could not be mirrored (a variant added since, or a queued line
-    /// whose IDs are not the journal's): its text, so nothing is lost.
-    Text(Arc<str>),
-}
+/// A step as kept: texts shared, and the IDs of a queued line left out when they are
+/// the journal's (stored once in [`Kept`]). Other IDs than the journal's (a MID
+/// handed out twice) are kept with their line.
+type KeptStep = Step<Text, Option<Box<Ids<Box<str>>>>>;
 
-struct Bounce {
-    dcid: u64,
-    response: Arc<str>,
+/// A free text a line quotes (failure detail, bounce response, spool error, intake
+/// address), one allocation however many lines quote it. One word wide, so that a
+/// line with a text and a DCID still fits in 32 bytes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Text(Arc<Box<str>>);
+
+impl Borrow<str> for Text {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
 }
 
 /// One journal's lines: up to HEAD_LINES + TAIL_LINES, and the count of those left out
@@ -105,17 +88,17 @@ struct Bounce {
 struct Kept {
     queue_id: Box<str>,
     message_id: Box<str>,
-    intake: Arc<str>,
+    intake: Text,
     lines: Vec<Line>,
     omitted: u64,
     /// When the first line was left out: the time of the "(N lines left out)" line.
     omitted_at: u64,
 }
 
-/// Free texts, one allocation each however many journals quote them.
+/// Free texts, shared by the lines that quote them.
 #[derive(Default)]
 struct Interner {
-    texts: HashSet<Arc<str>>,
+    texts: HashSet<Text>,
 }
 
 #[derive(Default)]
@@ -132,25 +115,6 @@ pub struct Tracker {
     store: Mutex<Store>,
     /// Messages not journaled, and why.
     skipped: skipped::Skipped,
-}
-
-/// The MID an event is about, if any.
-fn mid_of(event: &Event<'_>) -> Option<u64> {
-    match event {
-        Event::Enqueued { mid, .. }
-        | Event::RecoveredJournal { mid, .. }
-        | Event::DeliveryStart { mid, .. }
-        | Event::Delivered { mid }
-        | Event::Finished { mid }
-        | Event::TlsFailed { mid }
-        | Event::HardBounced { mid }
-        | Event::Bounced { mid, .. }
-        | Event::FailureDetail { mid, .. }
-        | Event::RetryScheduled { mid, .. }
-        | Event::Expired { mid, .. }
-        | Event::SpoolFailure { mid, .. } => Some(*mid),
-        _ => None,
-    }
 }
 
 impl Tracker {
@@ -198,8 +162,11 @@ impl Tracker {
 }
 
 impl Tap for Tracker {
-    fn event(&self, event: &Event<'_>, line: &str) {
-        let Some(mid) = mid_of(event) else { return };
+    fn event(&self, event: &Event<'_>) {
+        let Event::Journal { mid, step } = event else {
+            return;
+        };
+        let mid = *mid;
         let Ok(mut store) = self.store.lock() else {
             return;
         };
@@ -209,26 +176,10 @@ impl Tap for Tracker {
             texts,
         } = &mut *store;
         if !journals.contains_key(&mid) {
-            let (queue_id, message_id, intake) = match event {
-                Event::Enqueued {
-                    queue_id,
-                    message_id,
-                    intake,
-                    ..
-                }
-                | Event::RecoveredJournal {
-                    queue_id,
-                    message_id,
-                    intake,
-                    ..
-                } => (
-                    Box::<str>::from(*queue_id),
-                    Box::<str>::from(*message_id),
-                    texts.share(intake),
-                ),
+            let (Step::Enqueued(ids) | Step::Recovered(ids)) = step else {
                 // Lines about a journal we never saw queued (evicted, or from before
                 // a restart without its recovery line) are not worth a stub entry.
-                _ => return,
+                return;
             };
             // Oldest first: over the count, or queued longer ago than the age limit.
             let oldest_kept = now().saturating_sub(self.max_age.as_secs());
@@ -247,9 +198,9 @@ impl Tap for Tracker {
             journals.insert(
                 mid,
                 Kept {
-                    queue_id,
-                    message_id,
-                    intake,
+                    queue_id: ids.queue_id.into(),
+                    message_id: ids.message_id.into(),
+                    intake: texts.share(ids.intake),
                     lines: Vec::new(),
                     omitted: 0,
                     omitted_at: 0,
@@ -257,14 +208,11 @@ impl Tap for Tracker {
             );
         }
         if let Some(journal) = journals.get_mut(&mid) {
-            let at = now();
-            let what = journal
-                .mirror(event, texts)
-                .unwrap_or_else(|| What::Text(Arc::from(line)));
-            journal.push(at, what);
-            if matches!(event, Event::Delivered { .. }) {
-                journal.push(at, What::DeliveredForScanning);
-            }
+            let step = step.clone().map(
+                |text| texts.share(text),
+                |ids| (ids != journal.ids()).then(|| Box::new(ids.map(Box::from))),
+            );
+            journal.push(now(), step);
         }
     }
 }
@@ -272,7 +220,7 @@ impl Tap for Tracker {
 impl Kept {
     /// Appends a line, leaving out the oldest line after the first HEAD_LINES once
     /// the journal has HEAD_LINES + TAIL_LINES.
-    fn push(&mut self, at: u64, what: What) {
+    fn push(&mut self, at: u64, step: KeptStep) {
         if self.lines.len() >= HEAD_LINES + TAIL_LINES {
             self.lines.remove(HEAD_LINES);
             if self.omitted == 0 {
@@ -280,91 +228,24 @@ impl Kept {
             }
             self.omitted += 1;
         }
-        self.lines.push(Line { at, what });
+        self.lines.push(Line { at, step });
     }
 
-    /// `event`, about this journal, as a line to keep; `None` if it cannot be kept
-    /// other than as text.
-    fn mirror(&self, event: &Event<'_>, texts: &mut Interner) -> Option<What> {
-        Some(match *event {
-            // A second queued line with other IDs than the journal's (a MID handed out
-            // twice) would be rendered with the journal's IDs: it stays text.
-            Event::Enqueued {
-                message_id,
-                intake,
-                queue_id,
-                ..
-            } if self.has_ids(queue_id, message_id, intake) => What::Enqueued,
-            Event::RecoveredJournal {
-                message_id,
-                intake,
-                queue_id,
-                ..
-            } if self.has_ids(queue_id, message_id, intake) => What::RecoveredJournal,
-            Event::DeliveryStart { dcid, .. } => What::DeliveryStart { dcid },
-            Event::Delivered { .. } => What::Delivered,
-            Event::Finished { .. } => What::Finished,
-            Event::TlsFailed { .. } => What::TlsFailed,
-            Event::HardBounced { .. } => What::HardBounced,
-            Event::Bounced { dcid, response, .. } => What::Bounced(Box::new(Bounce {
-                dcid,
-                response: texts.share(response),
-            })),
-            Event::FailureDetail { detail, .. } => What::FailureDetail(texts.share(detail)),
-            Event::RetryScheduled { delay_secs, .. } => What::RetryScheduled { delay_secs },
-            Event::Expired { lifetime_secs, .. } => What::Expired { lifetime_secs },
-            Event::SpoolFailure { error, .. } => What::SpoolFailure(texts.share(error)),
-            _ => return None,
-        })
+    fn ids(&self) -> Ids<&str> {
+        Ids {
+            message_id: &self.message_id,
+            intake: &self.intake.0,
+            queue_id: &self.queue_id,
+        }
     }
 
-    fn has_ids(&self, queue_id: &str, message_id: &str, intake: &str) -> bool {
-        *self.queue_id == *queue_id && *self.message_id == *message_id && *self.intake == *intake
-    }
-
-    /// A line's text, worded by the event it mirrors.
-    fn text(&self, mid: u64, what: &What) -> String {
-        let event = match what {
-            What::Enqueued => Event::Enqueued {
-                mid,
-                message_id: &self.message_id,
-                intake: &self.intake,
-                queue_id: &self.queue_id,
-            },
-            What::RecoveredJournal => Event::RecoveredJournal {
-                mid,
-                message_id: &self.message_id,
-                intake: &self.intake,
-                queue_id: &self.queue_id,
-            },
-            What::DeliveryStart { dcid } => Event::DeliveryStart { dcid: *dcid, mid },
-            What::Delivered => Event::Delivered { mid },
-            What::DeliveredForScanning => {
-                return format!(
-                    "TDC: Message {mid} was successfully delivered for scanning with Cisco Secure Email Threat Defense."
-                )
-            }
-            What::Finished => Event::Finished { mid },
-            What::TlsFailed => Event::TlsFailed { mid },
-            What::HardBounced => Event::HardBounced { mid },
-            What::Bounced(bounce) => Event::Bounced {
-                dcid: bounce.dcid,
-                mid,
-                response: &bounce.response,
-            },
-            What::FailureDetail(detail) => Event::FailureDetail { mid, detail },
-            What::RetryScheduled { delay_secs } => Event::RetryScheduled {
-                mid,
-                delay_secs: *delay_secs,
-            },
-            What::Expired { lifetime_secs } => Event::Expired {
-                mid,
-                lifetime_secs: *lifetime_secs,
-            },
-            What::SpoolFailure(error) => Event::SpoolFailure { mid, error },
-            What::Text(text) => return text.to_string(),
-        };
-        event.to_string()
+    /// A line's text, worded by the catalogue.
+    fn text(&self, mid: u64, step: &KeptStep) -> String {
+        let step = step.as_ref().map(
+            |text| &**text.0,
+            |other| other.as_deref().map_or(self.ids(), Ids::as_str),
+        );
+        Event::journal(mid, step).to_string()
     }
 
     /// The journal as `track` shows it.
@@ -379,14 +260,14 @@ impl Kept {
             }
             lines.push(TrackedLine {
                 at: line.at,
-                text: self.text(mid, &line.what),
+                text: self.text(mid, &line.step),
             });
         }
         Journal {
             mid,
             queue_id: self.queue_id.to_string(),
             message_id: self.message_id.to_string(),
-            intake: self.intake.to_string(),
+            intake: self.intake.0.to_string(),
             lines,
             omitted: self.omitted,
         }
@@ -396,21 +277,21 @@ impl Kept {
 impl Interner {
     /// `text`, shared with every other holder of the same text while the interner
     /// still has it.
-    fn share(&mut self, text: &str) -> Arc<str> {
+    fn share(&mut self, text: &str) -> Text {
         if let Some(shared) = self.texts.get(text) {
-            return Arc::clone(shared);
+            return shared.clone();
         }
         if self.texts.len() >= SHARED_TEXTS {
             // Texts no kept line holds any more go first. If most are still held,
             // start over rather than sweep again at the next new text: held texts stay
             // valid where they are, and the next journals share new copies.
-            self.texts.retain(|t| Arc::strong_count(t) > 1);
+            self.texts.retain(|t| Arc::strong_count(&t.0) > 1);
             if self.texts.len() >= SHARED_TEXTS / 2 {
                 self.texts.clear();
             }
         }
-        let shared: Arc<str> = Arc::from(text);
-        self.texts.insert(Arc::clone(&shared));
+        let shared = Text(Arc::new(text.into()));
+        self.texts.insert(shared.clone());
         shared
     }
 }
@@ -420,18 +301,20 @@ mod tests {
     use super::*;
 
     fn enqueue(t: &Tracker, mid: u64, qid: &str, id: &str) {
-        let e = Event::Enqueued {
+        let e = Event::journal(
             mid,
-            message_id: id,
-            intake: "i@intake.test",
-            queue_id: qid,
-        };
-        t.event(&e, &e.to_string());
+            Step::Enqueued(Ids {
+                message_id: id,
+                intake: "i@intake.test",
+                queue_id: qid,
+            }),
+        );
+        t.event(&e);
     }
 
     /// What the log does: the event with its own wording.
     fn log(t: &Tracker, e: &Event<'_>) {
-        t.event(e, &e.to_string());
+        t.event(e);
     }
 
     fn texts(j: &Journal) -> Vec<&str> {
@@ -444,7 +327,6 @@ mod tests {
         enqueue(&t, 1, "Q1", "<a@x>");
         enqueue(&t, 2, "Q1", "<a@x>");
         enqueue(&t, 3, "Q3", "<b@x>");
-        log(&t, &Event::Delivered { mid: 1 });
         assert_eq!(t.find("1").len(), 1);
         assert_eq!(
             t.find("q1").iter().map(|j| j.mid).collect::<Vec<_>>(),
@@ -453,13 +335,28 @@ mod tests {
         assert_eq!(t.find("b@x")[0].mid, 3);
         assert_eq!(t.find("<b@x>")[0].mid, 3);
         assert!(t.find("nothing").is_empty());
+    }
+
+    #[test]
+    fn the_appliance_tracking_line_is_tracked_and_not_logged() {
+        let t = Arc::new(Tracker::new(10, DEFAULT_MAX_AGE));
+        let log = crate::tdclog::Log::memory();
+        let tapped = log.with_tap(t.clone());
+        let ids = Ids {
+            message_id: "<a@x>",
+            intake: "i@intake.test",
+            queue_id: "Q1",
+        };
+        tapped.event(Event::journal(1, Step::Enqueued(ids)));
+        tapped.event(Event::journal(1, Step::Delivered));
+        tapped.event(Event::journal(1, Step::DeliveredForScanning));
+        let delivered = "TDC: MID 1 successfully delivered for scanning with Cisco Secure Email Threat Defense.";
+        let tracking = "TDC: Message 1 was successfully delivered for scanning with Cisco Secure Email Threat Defense.";
         let found = t.find("1");
-        let lines = texts(&found[0]);
-        assert_eq!(lines.len(), 3);
-        assert_eq!(
-            lines[2],
-            "TDC: Message 1 was successfully delivered for scanning with Cisco Secure Email Threat Defense."
-        );
+        assert_eq!(texts(&found[0])[1..], [delivered, tracking]);
+        let logged = log.lines();
+        assert_eq!(logged.len(), 2, "{logged:?}");
+        assert_eq!(logged[1], format!("Info: {delivered}"));
     }
 
     #[test]
@@ -471,7 +368,7 @@ mod tests {
         assert!(t.find("1").is_empty());
         assert_eq!(t.find("3").len(), 1);
         // Lines about an evicted journal do not bring it back.
-        log(&t, &Event::Delivered { mid: 1 });
+        log(&t, &Event::journal(1, Step::Delivered));
         assert!(t.find("1").is_empty());
     }
 
@@ -494,23 +391,14 @@ mod tests {
     fn a_journal_keeps_its_first_and_latest_lines() {
         let t = Tracker::new(10, Duration::from_secs(3600));
         enqueue(&t, 7, "q7", "<m7@x>");
-        let retry = |n| {
-            Event::RetryScheduled {
-                mid: 7,
-                delay_secs: n,
-            }
-            .to_string()
-        };
+        let retry = |n| Event::journal(7, Step::RetryScheduled { delay_secs: n }).to_string();
         for n in 0..100 {
             log(
                 &t,
-                &Event::RetryScheduled {
-                    mid: 7,
-                    delay_secs: n,
-                },
+                &Event::journal(7, Step::RetryScheduled { delay_secs: n }),
             );
         }
-        log(&t, &Event::Finished { mid: 7 });
+        log(&t, &Event::journal(7, Step::Finished));
         let j = &t.find("7")[0];
         assert_eq!(j.lines.len(), HEAD_LINES + 1 + TAIL_LINES);
         let texts = texts(j);
@@ -529,10 +417,7 @@ mod tests {
         for n in 0..(HEAD_LINES + TAIL_LINES) as u64 - 1 {
             log(
                 &t,
-                &Event::RetryScheduled {
-                    mid: 7,
-                    delay_secs: n,
-                },
+                &Event::journal(7, Step::RetryScheduled { delay_secs: n }),
             );
         }
         // Date the lines so far, to tell them from the one that overflows.
@@ -544,13 +429,13 @@ mod tests {
             }
         }
         assert_eq!(t.find("7")[0].omitted, 0);
-        log(&t, &Event::Finished { mid: 7 });
+        log(&t, &Event::journal(7, Step::Finished));
         let first = t.find("7").remove(0);
         assert_eq!(first.omitted, 1);
         let left_out_at = first.lines[HEAD_LINES].at;
         assert!(left_out_at > 1_000_000_000, "{left_out_at}");
         assert_eq!(first.lines[HEAD_LINES + 1].at, HEAD_LINES as u64 + 1);
-        log(&t, &Event::Finished { mid: 7 });
+        log(&t, &Event::journal(7, Step::Finished));
         let second = t.find("7").remove(0);
         assert_eq!(second.omitted, 2);
         assert_eq!(second.lines[HEAD_LINES].at, left_out_at);
@@ -564,67 +449,42 @@ mod tests {
         let detail =
             "RCPT TO: server replied 451 4.3.0 \\ later\r\nInfo: TDC: MID 9 forged\t\u{85}";
         let events = [
-            Event::Enqueued {
-                mid: 41,
-                message_id: odd_id,
-                intake: "33c48e-27xp9\n-05ecb4@beta.cmd.cisco.com",
-                queue_id: "4b1C2d\\3E4F",
-            },
-            Event::DeliveryStart { dcid: 17, mid: 41 },
-            Event::FailureDetail { mid: 41, detail },
-            Event::SpoolFailure {
-                mid: 41,
-                error: "rename /var/spool/tdc-milter/active/41.1: No space left on device\n",
-            },
-            Event::RetryScheduled {
-                mid: 41,
-                delay_secs: 3600,
-            },
-            Event::TlsFailed { mid: 41 },
-            Event::HardBounced { mid: 41 },
-            Event::Bounced {
-                dcid: u64::MAX,
-                mid: 41,
-                response: "5.1.2 - Bad destination host ('000', ['DNS Hard Error looking up x\u{0} (MX) : NXDomain'])",
-            },
-            Event::Expired {
-                mid: 41,
-                lifetime_secs: 259_200,
-            },
-            Event::Delivered { mid: 41 },
-            Event::Finished { mid: 41 },
-            // Same IDs: mirrored, rendered with the journal's IDs.
-            Event::RecoveredJournal {
-                mid: 41,
-                message_id: odd_id,
-                intake: "33c48e-27xp9\n-05ecb4@beta.cmd.cisco.com",
-                queue_id: "4b1C2d\\3E4F",
-            },
-            // Other IDs than the journal's: kept as its text.
-            Event::Enqueued {
-                mid: 41,
-                message_id: "<other@x>",
-                intake: "other@intake.test",
-                queue_id: "OTHER",
-            },
+            Event::journal(41, Step::Enqueued(Ids { message_id: odd_id, intake: "33c48e-27xp9\n-05ecb4@beta.cmd.cisco.com", queue_id: "4b1C2d\\3E4F" })),
+            Event::journal(41, Step::DeliveryStart { dcid: 17 }),
+            Event::journal(41, Step::FailureDetail(detail)),
+            Event::journal(41, Step::SpoolFailure("rename /var/spool/tdc-milter/active/41.1: No space left on device\n")),
+            Event::journal(41, Step::RetryScheduled { delay_secs: 3600 }),
+            Event::journal(41, Step::TlsFailed),
+            Event::journal(41, Step::HardBounced),
+            Event::journal(
+                41,
+                Step::Bounced {
+                    dcid: u64::MAX,
+                    response: "5.1.2 - Bad destination host ('000', ['DNS Hard Error looking up x\u{0} (MX) : NXDomain'])",
+                },
+            ),
+            Event::journal(41, Step::Expired { lifetime_secs: 259_200 }),
+            Event::journal(41, Step::Delivered),
+            Event::journal(41, Step::DeliveredForScanning),
+            Event::journal(41, Step::Finished),
+            // Same IDs: kept without them, rendered with the journal's IDs.
+            Event::journal(41, Step::Recovered(Ids { message_id: odd_id, intake: "33c48e-27xp9\n-05ecb4@beta.cmd.cisco.com", queue_id: "4b1C2d\\3E4F" })),
+            // Other IDs than the journal's: kept with the line.
+            Event::journal(41, Step::Enqueued(Ids { message_id: "<other@x>", intake: "other@intake.test", queue_id: "OTHER" })),
         ];
         let mut want = Vec::new();
         for e in &events {
             log(&t, e);
             want.push(e.to_string());
-            if matches!(e, Event::Delivered { .. }) {
-                want.push(
-                    "TDC: Message 41 was successfully delivered for scanning with Cisco Secure Email Threat Defense."
-                        .to_string(),
-                );
-            }
         }
-        let recovered = Event::RecoveredJournal {
-            mid: 42,
-            message_id: "",
-            intake: "i@intake.test",
-            queue_id: "Q42",
-        };
+        let recovered = Event::journal(
+            42,
+            Step::Recovered(Ids {
+                message_id: "",
+                intake: "i@intake.test",
+                queue_id: "Q42",
+            }),
+        );
         log(&t, &recovered);
 
         let found = t.find("41");
@@ -636,27 +496,31 @@ mod tests {
         assert_eq!(t.find(odd_id)[0].mid, 41);
         assert_eq!(t.find("4B1C2D\\3e4f")[0].mid, 41);
         assert_eq!(texts(&t.find("42")[0]), [recovered.to_string()]);
-        // Only the queued line with other IDs fell back to text.
+        assert!(want.contains(
+            &"TDC: Message 41 was successfully delivered for scanning with Cisco Secure Email Threat Defense."
+                .to_string()
+        ));
+        // Only the queued line with other IDs keeps IDs of its own.
         let store = t.store.lock().expect("store");
-        let as_text = store
+        let own_ids = store
             .journals
             .values()
             .flat_map(|j| &j.lines)
-            .filter(|l| matches!(l.what, What::Text(_)))
+            .filter(|l| matches!(l.step, Step::Enqueued(Some(_)) | Step::Recovered(Some(_))))
             .count();
-        assert_eq!(as_text, 1);
+        assert_eq!(own_ids, 1);
     }
 
     /// The interned text of a journal's failure-detail line.
-    fn detail_of(t: &Tracker, mid: u64) -> Option<Arc<str>> {
+    fn detail_of(t: &Tracker, mid: u64) -> Option<Text> {
         let store = t.store.lock().ok()?;
         store
             .journals
             .get(&mid)?
             .lines
             .iter()
-            .find_map(|l| match &l.what {
-                What::FailureDetail(d) => Some(d.clone()),
+            .find_map(|l| match &l.step {
+                Step::FailureDetail(d) => Some(d.clone()),
                 _ => None,
             })
     }
@@ -671,26 +535,16 @@ mod tests {
                 "connect: {}",
                 "connection refused by 203.0.113.25:25; ".repeat(8)
             );
-            log(
-                &t,
-                &Event::FailureDetail {
-                    mid,
-                    detail: &detail,
-                },
-            );
+            log(&t, &Event::journal(mid, Step::FailureDetail(&detail)));
         }
         let first = detail_of(&t, 1).expect("detail");
         for mid in 2..=1000 {
             let other = detail_of(&t, mid).expect("detail");
-            assert!(Arc::ptr_eq(&first, &other), "MID {mid}");
+            assert!(Arc::ptr_eq(&first.0, &other.0), "MID {mid}");
         }
         // 1,000 lines, the interner, and `first` here.
-        assert_eq!(Arc::strong_count(&first), 1002);
-        let want = Event::FailureDetail {
-            mid: 1000,
-            detail: &first,
-        }
-        .to_string();
+        assert_eq!(Arc::strong_count(&first.0), 1002);
+        let want = Event::journal(1000, Step::FailureDetail(&first.0)).to_string();
         assert_eq!(t.find("1000")[0].lines[1].text, want);
     }
 
@@ -702,26 +556,14 @@ mod tests {
         enqueue(&t, 1, "Q1", "");
         for n in 0..10 * SHARED_TEXTS {
             let detail = format!("RCPT TO: server replied 451 try {n}");
-            log(
-                &t,
-                &Event::FailureDetail {
-                    mid: 1,
-                    detail: &detail,
-                },
-            );
+            log(&t, &Event::journal(1, Step::FailureDetail(&detail)));
             assert!(interned(&t) <= SHARED_TEXTS, "after {n}");
         }
         // Texts all still quoted, each by its journal.
         for mid in 2..2 + 5 * SHARED_TEXTS as u64 {
             enqueue(&t, mid, &format!("Q{mid}"), "");
             let detail = format!("RCPT TO: server replied 451 journal {mid}");
-            log(
-                &t,
-                &Event::FailureDetail {
-                    mid,
-                    detail: &detail,
-                },
-            );
+            log(&t, &Event::journal(mid, Step::FailureDetail(&detail)));
             assert!(interned(&t) <= SHARED_TEXTS, "after MID {mid}");
         }
         // Texts let go by the interner still read right where they are kept.
@@ -729,22 +571,14 @@ mod tests {
             let detail = format!("RCPT TO: server replied 451 journal {mid}");
             assert_eq!(
                 t.find(&mid.to_string())[0].lines[1].text,
-                Event::FailureDetail {
-                    mid,
-                    detail: &detail
-                }
-                .to_string()
+                Event::journal(mid, Step::FailureDetail(&detail)).to_string()
             );
         }
         let last = format!("RCPT TO: server replied 451 try {}", 10 * SHARED_TEXTS - 1);
         let lines = &t.find("1")[0].lines;
         assert_eq!(
             lines[lines.len() - 1].text,
-            Event::FailureDetail {
-                mid: 1,
-                detail: &last
-            }
-            .to_string()
+            Event::journal(1, Step::FailureDetail(&last)).to_string()
         );
     }
 
@@ -762,9 +596,10 @@ mod tests {
             let buckets = (capacity * 8 / 7).next_power_of_two();
             buckets * (entry + 1)
         }
-        /// An `Arc<str>`'s allocation: two counts and the text.
-        fn arc(text: &str) -> usize {
-            2 * size_of::<usize>() + text.len()
+        /// A shared text's two allocations: the two counts with the boxed text's
+        /// pointer and length, and the text.
+        fn shared(text: &str) -> usize {
+            2 * size_of::<usize>() + size_of::<Box<str>>() + text.len()
         }
 
         let t = Tracker::new(DEFAULT_CAPACITY, DEFAULT_MAX_AGE);
@@ -774,28 +609,24 @@ mod tests {
             let id = format!("<{mid}.20240216211922.4B1C2D3E4F@sender.example.com>");
             log(
                 &t,
-                &Event::Enqueued {
+                &Event::journal(
                     mid,
-                    message_id: &id,
-                    intake: "33c48e-27xp9-05ecb4@beta.cmd.cisco.com",
-                    queue_id: &qid,
-                },
+                    Step::Enqueued(Ids {
+                        message_id: &id,
+                        intake: "33c48e-27xp9-05ecb4@beta.cmd.cisco.com",
+                        queue_id: &qid,
+                    }),
+                ),
             );
             for n in 0..10 {
                 log(
                     &t,
-                    &Event::DeliveryStart {
-                        dcid: mid * 10 + n,
-                        mid,
-                    },
+                    &Event::journal(mid, Step::DeliveryStart { dcid: mid * 10 + n }),
                 );
-                log(&t, &Event::FailureDetail { mid, detail });
+                log(&t, &Event::journal(mid, Step::FailureDetail(detail)));
                 log(
                     &t,
-                    &Event::RetryScheduled {
-                        mid,
-                        delay_secs: 60,
-                    },
+                    &Event::journal(mid, Step::RetryScheduled { delay_secs: 60 }),
                 );
             }
         }
@@ -803,25 +634,26 @@ mod tests {
         let store = t.store.lock().expect("store");
         let mut compact = table(store.journals.capacity(), size_of::<(u64, Kept)>())
             + store.order.capacity() * size_of::<u64>()
-            + table(store.texts.texts.capacity(), size_of::<Arc<str>>())
-            + store.texts.texts.iter().map(|s| arc(s)).sum::<usize>();
-        let mut compact_allocations = 3 + store.texts.texts.len();
+            + table(store.texts.texts.capacity(), size_of::<Text>())
+            + store
+                .texts
+                .texts
+                .iter()
+                .map(|s| shared(&s.0))
+                .sum::<usize>();
+        let mut compact_allocations = 3 + 2 * store.texts.texts.len();
         for j in store.journals.values() {
             assert_eq!(j.lines.len(), HEAD_LINES + TAIL_LINES);
             compact +=
                 j.lines.capacity() * size_of::<Line>() + j.queue_id.len() + j.message_id.len();
             compact_allocations += 3;
             for line in &j.lines {
-                match &line.what {
-                    What::Text(text) => {
-                        compact += arc(text);
-                        compact_allocations += 1;
-                    }
-                    What::Bounced(_) => {
-                        compact += size_of::<Bounce>();
-                        compact_allocations += 1;
-                    }
-                    _ => {}
+                if let Step::Enqueued(Some(ids)) | Step::Recovered(Some(ids)) = &line.step {
+                    compact += size_of::<Ids<Box<str>>>()
+                        + ids.message_id.len()
+                        + ids.intake.len()
+                        + ids.queue_id.len();
+                    compact_allocations += 4;
                 }
             }
         }

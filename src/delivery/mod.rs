@@ -18,7 +18,7 @@ pub use error::{
 
 use crate::config::Settings;
 use crate::record::Record;
-use crate::tdclog::{Event, Log};
+use crate::tdclog::{Event, Log, Step};
 use route::{Router, Target};
 use smtp::Timeouts;
 
@@ -189,10 +189,7 @@ impl Connection<'_> {
     ) -> Result<Reply, DeliveryError> {
         let dcid = self.session.dcid;
         let log = &self.deliverer.log;
-        log.event(Event::DeliveryStart {
-            dcid,
-            mid: journal.mid,
-        });
+        log.event(Event::journal(journal.mid, Step::DeliveryStart { dcid }));
         let result = self
             .session
             .send(

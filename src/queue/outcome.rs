@@ -12,7 +12,7 @@ use super::Shared;
 use crate::clock::now_ms;
 use crate::delivery::{FailureClass, Kind, Reply};
 use crate::record::Record;
-use crate::tdclog::{self, Event};
+use crate::tdclog::{self, Event, Step};
 
 impl Shared {
     /// Records the outcome of one attempt and decides what follows.
@@ -36,8 +36,10 @@ impl Shared {
 
     fn delivered(&self, record: &Record) {
         let mid = record.mid;
-        self.log.event(Event::Delivered { mid });
-        self.log.event(Event::Finished { mid });
+        self.log.event(Event::journal(mid, Step::Delivered));
+        self.log
+            .event(Event::journal(mid, Step::DeliveredForScanning));
+        self.log.event(Event::journal(mid, Step::Finished));
         self.stats.delivered(&record.intake);
         let waited = now_ms().saturating_sub(record.enqueued_ms);
         self.stats.delivery_latency(waited as f64 / 1000.0);
@@ -51,19 +53,19 @@ impl Shared {
         if let (Some(dcid), Some(refusal)) = (dcid, error.delivery()) {
             if let Kind::Reply(reply) = &refusal.kind {
                 if refusal.class() == FailureClass::Permanent {
-                    self.log.event(Event::Bounced {
-                        dcid,
+                    self.log.event(Event::journal(
                         mid,
-                        response: &reply.to_string(),
-                    });
+                        Step::Bounced {
+                            dcid,
+                            response: &reply.to_string(),
+                        },
+                    ));
                 }
             }
         }
         let detail = error.to_string();
-        self.log.event(Event::FailureDetail {
-            mid,
-            detail: &detail,
-        });
+        self.log
+            .event(Event::journal(mid, Step::FailureDetail(&detail)));
         self.stats.failure(mid, &detail);
         self.stats.failure_class(error.class_name());
         let (record, deadline) = {
@@ -94,15 +96,16 @@ impl Shared {
         let mid = record.mid;
         match self.spool.record_attempt(record, attempts) {
             Ok(()) => self.spool_in_background(mid, Spool::sync_attempts),
-            Err(e) => self.log.event(Event::SpoolFailure {
-                mid,
-                error: &e.to_string(),
-            }),
+            Err(e) => self
+                .log
+                .event(Event::journal(mid, Step::SpoolFailure(&e.to_string()))),
         }
-        self.log.event(Event::RetryScheduled {
+        self.log.event(Event::journal(
             mid,
-            delay_secs: delay.as_secs(),
-        });
+            Step::RetryScheduled {
+                delay_secs: delay.as_secs(),
+            },
+        ));
         self.stats.soft_bounced(&record.intake);
         self.lock().retry(mid, attempts, Instant::now() + delay);
     }
@@ -122,18 +125,20 @@ impl Shared {
             });
         }
         if error.cause() == retry::Cause::Delivery(FailureClass::Tls) {
-            self.log.event(Event::TlsFailed { mid });
+            self.log.event(Event::journal(mid, Step::TlsFailed));
         } else {
-            self.log.event(Event::HardBounced { mid });
+            self.log.event(Event::journal(mid, Step::HardBounced));
         }
         if let Some((name, qtype, reason)) = bad_host {
-            self.log.event(Event::Bounced {
-                dcid: 0,
+            self.log.event(Event::journal(
                 mid,
-                response: &tdclog::bad_destination_host(name, qtype, reason),
-            });
+                Step::Bounced {
+                    dcid: 0,
+                    response: &tdclog::bad_destination_host(name, qtype, reason),
+                },
+            ));
         }
-        self.log.event(Event::Finished { mid });
+        self.log.event(Event::journal(mid, Step::Finished));
         self.stats.hard_bounced(&q.record.intake);
         self.stats.journal_left(q.record.size);
         self.remove_from_spool(&q.record);
@@ -142,12 +147,14 @@ impl Shared {
     /// A journal whose lifetime ended, already out of the queue state.
     pub(super) fn expire(&self, record: &Record) {
         let mid = record.mid;
-        self.log.event(Event::Expired {
+        self.log.event(Event::journal(
             mid,
-            lifetime_secs: self.limits.lifetime.as_secs(),
-        });
-        self.log.event(Event::HardBounced { mid });
-        self.log.event(Event::Finished { mid });
+            Step::Expired {
+                lifetime_secs: self.limits.lifetime.as_secs(),
+            },
+        ));
+        self.log.event(Event::journal(mid, Step::HardBounced));
+        self.log.event(Event::journal(mid, Step::Finished));
         self.stats.expired(&record.intake);
         self.stats.journal_left(record.size);
         self.remove_from_spool(record);

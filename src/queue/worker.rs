@@ -13,7 +13,7 @@ use super::spool::SpoolError;
 use super::Shared;
 use crate::delivery::{DeliveryError, FailureClass, Reply};
 use crate::record::Record;
-use crate::tdclog::Event;
+use crate::tdclog::{Event, Step};
 
 /// One connection: journal after journal for `domain` until there is nothing left for
 /// it, the per-connection limit is reached, or the connection fails.
@@ -132,10 +132,9 @@ async fn run_connection(shared: &Arc<Shared>, domain: &str, slot: &mut Slot<'_>)
             // Our failure, not the connection's: the next journal can still go on it.
             Err(e) => {
                 let error = e.to_string();
-                shared.log.event(Event::SpoolFailure {
-                    mid: record.mid,
-                    error: &error,
-                });
+                shared
+                    .log
+                    .event(Event::journal(record.mid, Step::SpoolFailure(&error)));
                 held.finish(Err(AttemptError::Internal(InternalError::SpoolUnreadable(
                     error,
                 ))));
