@@ -269,9 +269,11 @@ fn positive(code: u16) -> bool {
     (200..300).contains(&code)
 }
 
-/// An open, encrypted session with the intake, ready for MAIL FROM.
-pub struct Session {
-    wire: Wire<TlsStream<TcpStream>>,
+/// An open session with the intake, ready for MAIL FROM. In the daemon its stream is
+/// always TLS over TCP (the dialer opens no other); the transactions work on any
+/// stream, so tests can run them over an in-memory pipe.
+pub struct Session<S = TlsStream<TcpStream>> {
+    wire: Wire<S>,
     caps: Capabilities,
     /// Negotiated TLS version and cipher, as logged.
     pub tls_protocol: String,
@@ -319,14 +321,16 @@ impl Dialer<'_> {
             .map_err(|error| OpenError { error, local })
     }
 
-    async fn establish(
+    /// Greeting, EHLO, STARTTLS, handshake and EHLO again over `tcp`, a connected
+    /// stream (TCP in the daemon).
+    async fn establish<P: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        tcp: TcpStream,
+        tcp: P,
         local: Option<IpAddr>,
         target: &Target,
         dcid: u64,
         deadline: Instant,
-    ) -> Result<Session, DeliveryError> {
+    ) -> Result<Session<TlsStream<P>>, DeliveryError> {
         let Dialer {
             helo_name,
             tls: tls_client,
@@ -468,7 +472,7 @@ fn tls_problem(e: &rustls::Error) -> TlsProblem {
     }
 }
 
-impl Session {
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn capabilities(&self) -> Capabilities {
         self.caps
     }
@@ -937,6 +941,211 @@ mod tests {
                 matches!(replies[..], [Err(Kind::Protocol(_))]),
                 "{replies:?}"
             );
+        }
+    }
+
+    /// A scripted server on the other end of an in-memory pipe: for each step, the
+    /// command it expects (a prefix; empty: none), then its reply. A DATA body is read
+    /// up to its final dot and kept. Returns what the client sent.
+    fn scripted_server(
+        server: tokio::io::DuplexStream,
+        steps: Vec<(&'static str, &'static str)>,
+    ) -> tokio::task::JoinHandle<Vec<u8>> {
+        tokio::spawn(async move {
+            let mut io = BufReader::new(server);
+            let mut seen = Vec::new();
+            for (expect, reply) in steps {
+                if !expect.is_empty() {
+                    let mut line = Vec::new();
+                    let end: &[u8] = if expect == "." { b"\r\n.\r\n" } else { b"\n" };
+                    while !line.ends_with(end) {
+                        if io.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+                            return seen;
+                        }
+                    }
+                    assert!(
+                        expect == "." || line.starts_with(expect.as_bytes()),
+                        "expected {expect:?}, got {:?}",
+                        String::from_utf8_lossy(&line)
+                    );
+                    seen.extend_from_slice(&line);
+                }
+                if io.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                    return seen;
+                }
+            }
+            seen
+        })
+    }
+
+    /// A session past TLS and EHLO, over `stream`.
+    fn session<S: AsyncRead + AsyncWrite + Unpin>(stream: S, caps: Capabilities) -> Session<S> {
+        Session {
+            wire: Wire {
+                io: BufReader::new(stream),
+            },
+            caps,
+            tls_protocol: String::new(),
+            tls_cipher: String::new(),
+            timeouts: Timeouts::default(),
+            dcid: 1,
+            local: None,
+        }
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_transaction_sends_one_batch_and_the_stuffed_journal() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let server = scripted_server(
+            server,
+            vec![
+                ("MAIL FROM:<tdc@gw.test> BODY=8BITMIME SIZE=", ""),
+                ("RCPT TO:<intake@intake.test>", ""),
+                ("DATA", "250 ok\r\n250 ok\r\n354 go\r\n"),
+                (".", "250 2.0.0 queued as X1\r\n"),
+            ],
+        );
+        let caps = Capabilities {
+            pipelining: true,
+            eight_bit_mime: true,
+            size: Some(0),
+            ..Capabilities::default()
+        };
+        let mut s = session(client, caps);
+        let reply = s
+            .send(
+                "tdc@gw.test",
+                "intake@intake.test",
+                b"a\r\n.b\r\n",
+                true,
+                soon(),
+            )
+            .await
+            .expect("delivered");
+        assert_eq!(
+            (reply.code, reply.text.as_str()),
+            (250, "queued as X1")
+        );
+        drop(s);
+        let seen = server.await.expect("server");
+        assert_eq!(
+            String::from_utf8_lossy(&seen),
+            "MAIL FROM:<tdc@gw.test> BODY=8BITMIME SIZE=7\r\nRCPT TO:<intake@intake.test>\r\nDATA\r\na\r\n..b\r\n.\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_recipient_is_the_failure_not_the_data_that_follows() {
+        for pipelining in [true, false] {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let steps = if pipelining {
+                vec![
+                    ("MAIL FROM:", ""),
+                    ("RCPT TO:", ""),
+                    (
+                        "DATA",
+                        "250 ok\r\n550 5.1.1 no such user\r\n503 5.5.1 no recipients\r\n",
+                    ),
+                ]
+            } else {
+                vec![
+                    ("MAIL FROM:", "250 ok\r\n"),
+                    ("RCPT TO:", "550 5.1.1 no such user\r\n"),
+                ]
+            };
+            let _server = scripted_server(server, steps);
+            let caps = Capabilities {
+                pipelining,
+                ..Capabilities::default()
+            };
+            let mut s = session(client, caps);
+            let err = s
+                .send("tdc@gw.test", "intake@intake.test", b"x\r\n", false, soon())
+                .await
+                .expect_err("refused");
+            assert_eq!(err.stage, Stage::Rcpt, "pipelining {pipelining}");
+            assert!(
+                matches!(&err.kind, Kind::Reply(r) if r.code == 550),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn eight_bit_journals_wait_for_a_server_that_takes_them() {
+        let (client, server) = tokio::io::duplex(1024);
+        let server = scripted_server(server, Vec::new());
+        let mut s = session(client, Capabilities::default());
+        let err = s
+            .send(
+                "a@gw.test",
+                "b@intake.test",
+                "é\r\n".as_bytes(),
+                true,
+                soon(),
+            )
+            .await
+            .expect_err("no 8BITMIME");
+        assert_eq!((err.stage, err.kind), (Stage::Mail, Kind::No8BitMime));
+        drop(s);
+        assert!(server.await.expect("server").is_empty(), "nothing was sent");
+    }
+
+    fn dialer_parts() -> (super::super::tls::TlsClient, Log, Target) {
+        let settings = crate::config::TlsSettings {
+            verify: false,
+            ca_file: None,
+            cert_match: crate::config::CertMatch::defaults(),
+        };
+        let tls = super::super::tls::TlsClient::new(&settings).expect("tls client");
+        let target = Target {
+            address: "192.0.2.25:25".parse().expect("addr"),
+            tls_name: "mx.intake.test".into(),
+            nexthop: "intake.test".into(),
+        };
+        (tls, Log::memory(), target)
+    }
+
+    #[tokio::test]
+    async fn a_server_without_starttls_or_injecting_before_tls_gets_no_journal() {
+        let cases = [
+            (
+                vec![
+                    ("", "220 mx\r\n"),
+                    ("EHLO gw.test", "250-mx\r\n250 PIPELINING\r\n"),
+                ],
+                Stage::Ehlo,
+                "the server does not offer STARTTLS",
+            ),
+            (
+                vec![
+                    ("", "220 mx\r\n"),
+                    ("EHLO gw.test", "250-mx\r\n250 STARTTLS\r\n"),
+                    ("STARTTLS", "220 go ahead\r\n250 injected\r\n"),
+                ],
+                Stage::StartTls,
+                "plaintext data after the STARTTLS reply",
+            ),
+        ];
+        let (tls, log, target) = dialer_parts();
+        for (steps, stage, why) in cases {
+            let (client, server) = tokio::io::duplex(4096);
+            let _server = scripted_server(server, steps);
+            let dialer = Dialer {
+                helo_name: "gw.test",
+                tls: &tls,
+                timeouts: Timeouts::default(),
+                log: &log,
+            };
+            let Err(err) = dialer.establish(client, None, &target, 1, soon()).await else {
+                panic!("{why}: must fail");
+            };
+            assert_eq!(err.stage, stage, "{why}");
+            assert!(err.to_string().contains(why), "{err}");
         }
     }
 }
