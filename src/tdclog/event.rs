@@ -1,19 +1,14 @@
-//! Every line tdc-milter writes to the mail log, rendered in one place.
+//! The catalogue of what tdc-milter logs: each event and its wording.
 //!
-//! The wording of the `TDC:` lines follows the appliance's samples
-//! (the vendor's per-policy journaling guide; docs/LOGGING.md quotes each line) so that log tooling written for the
-//! appliance works unchanged. Values that come from a message (Message-ID,
-//! addresses, server replies) pass through [`sanitize`] first: no control
-//! character, and so no forged extra log line, can reach the log.
+//! The wording of the `TDC:` lines follows the appliance's samples (the vendor's
+//! per-policy journaling guide; docs/LOGGING.md quotes each line), so that log tooling
+//! written for the appliance works unchanged. Values that come from a message
+//! (Message-ID, addresses, server replies) pass through [`sanitize`] first.
 
 use std::fmt;
-use std::io::Write;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
-use time::OffsetDateTime;
+use super::sanitize::sanitize;
 
 /// The appliance's product name in the outcome lines.
 const SETD: &str = "Cisco Secure Email Threat Defense";
@@ -28,7 +23,7 @@ pub enum Severity {
 }
 
 impl Severity {
-    fn word(self) -> &'static str {
+    pub(super) fn word(self) -> &'static str {
         match self {
             Severity::Debug => "Debug",
             Severity::Info => "Info",
@@ -273,7 +268,7 @@ impl<T, I> Step<T, I> {
 
 impl Step<&str> {
     /// Not written to the mail log, only shown by `track`.
-    fn tracking_only(&self) -> bool {
+    pub(super) fn tracking_only(&self) -> bool {
         matches!(self, Step::DeliveredForScanning)
     }
 
@@ -527,219 +522,6 @@ pub fn bad_destination_host(name: &str, qtype: &str, reason: &str) -> String {
     )
 }
 
-/// Makes a value taken from a message or a peer safe for a one-line log entry:
-/// control characters (CR, LF, NUL, ...), the Unicode line and paragraph separators
-/// (which some viewers break lines at) and the bidirectional controls (which make a
-/// line read differently from its bytes, "Trojan Source") become `\xNN` per UTF-8
-/// byte, and a backslash is doubled so the escape cannot be forged.
-pub fn sanitize(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() || is_separator_or_bidi(c) => {
-                let mut buf = [0u8; 4];
-                for b in c.encode_utf8(&mut buf).bytes() {
-                    out.push_str(&format!("\\x{b:02X}"));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// U+2028 and U+2029, and the bidirectional formatting characters of Unicode's
-/// bidi algorithm (UAX #9): marks, embeddings, overrides and isolates.
-fn is_separator_or_bidi(c: char) -> bool {
-    matches!(
-        c,
-        '\u{2028}' | '\u{2029}' | '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'
-            ..='\u{202E}' | '\u{2066}'..='\u{2069}'
-    )
-}
-
-/// Like [`sanitize`], for raw bytes that need not be UTF-8.
-pub fn sanitize_bytes(value: &[u8]) -> String {
-    sanitize(&String::from_utf8_lossy(value))
-}
-
-/// Where log lines go.
-#[derive(Clone)]
-pub struct Log {
-    sink: Arc<Sink>,
-    /// Also sees every event (message tracking).
-    tap: Option<Arc<dyn Tap>>,
-}
-
-/// Something that wants every event besides the log (message tracking).
-pub trait Tap: Send + Sync {
-    fn event(&self, event: &Event<'_>);
-}
-
-enum Sink {
-    Syslog {
-        /// `None`: the system's socket (/dev/log and the usual alternatives).
-        socket: Option<PathBuf>,
-        logger: Mutex<Option<Logger<LoggerBackend, Formatter3164>>>,
-    },
-    Stderr,
-    Memory(Mutex<Vec<String>>),
-}
-
-impl fmt::Debug for Log {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match *self.sink {
-            Sink::Syslog { .. } => "syslog",
-            Sink::Stderr => "stderr",
-            Sink::Memory(_) => "memory",
-        };
-        f.debug_struct("Log").field("sink", &kind).finish()
-    }
-}
-
-impl Log {
-    /// Syslog facility mail over /dev/log, so the lines land beside Postfix's. When the
-    /// socket is missing or a write fails even after reconnecting, the line goes to stderr
-    /// instead of being lost.
-    pub fn syslog() -> Log {
-        Log::syslog_to(None)
-    }
-
-    /// Syslog through a given socket instead of the system's (tests).
-    pub fn syslog_at(socket: &Path) -> Log {
-        Log::syslog_to(Some(socket.to_path_buf()))
-    }
-
-    fn syslog_to(socket: Option<PathBuf>) -> Log {
-        let logger = connect_syslog(socket.as_deref());
-        Log {
-            sink: Arc::new(Sink::Syslog {
-                socket,
-                logger: Mutex::new(logger),
-            }),
-            tap: None,
-        }
-    }
-
-    /// For foreground runs: one line per event on stderr, stamped like the appliance's log.
-    pub fn stderr() -> Log {
-        Log {
-            sink: Arc::new(Sink::Stderr),
-            tap: None,
-        }
-    }
-
-    /// Keeps the lines in memory, for tests.
-    pub fn memory() -> Log {
-        Log {
-            sink: Arc::new(Sink::Memory(Mutex::new(Vec::new()))),
-            tap: None,
-        }
-    }
-
-    /// The lines a memory log holds (`Severity: text`), empty for other sinks.
-    pub fn lines(&self) -> Vec<String> {
-        match &*self.sink {
-            Sink::Memory(lines) => lines.lock().map(|l| l.clone()).unwrap_or_default(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// The same log, with every event also shown to `tap`.
-    pub fn with_tap(&self, tap: Arc<dyn Tap>) -> Log {
-        Log {
-            sink: self.sink.clone(),
-            tap: Some(tap),
-        }
-    }
-
-    pub fn event(&self, event: Event<'_>) {
-        if let Some(tap) = &self.tap {
-            tap.event(&event);
-        }
-        if matches!(&event, Event::Journal { step, .. } if step.tracking_only()) {
-            return;
-        }
-        self.write(event.severity(), &event.to_string());
-    }
-
-    /// A line that is not one of the appliance's events (errors of our own, start-up).
-    pub fn line(&self, severity: Severity, text: &str) {
-        self.write(severity, text);
-    }
-
-    fn write(&self, severity: Severity, text: &str) {
-        let message = format!("{}: {text}", severity.word());
-        match &*self.sink {
-            Sink::Stderr => write_stderr(&message),
-            Sink::Memory(lines) => {
-                if let Ok(mut lines) = lines.lock() {
-                    lines.push(message);
-                }
-            }
-            Sink::Syslog { socket, logger } => {
-                let Ok(mut logger) = logger.lock() else {
-                    write_stderr(&message);
-                    return;
-                };
-                if send_syslog(&mut logger, severity, &message).is_ok() {
-                    return;
-                }
-                // The syslog socket may have been restarted: reconnect once, then fall back.
-                *logger = connect_syslog(socket.as_deref());
-                if send_syslog(&mut logger, severity, &message).is_err() {
-                    write_stderr(&message);
-                }
-            }
-        }
-    }
-}
-
-fn connect_syslog(socket: Option<&Path>) -> Option<Logger<LoggerBackend, Formatter3164>> {
-    let formatter = Formatter3164 {
-        facility: Facility::LOG_MAIL,
-        hostname: None,
-        process: "tdc-milter".into(),
-        pid: std::process::id(),
-    };
-    match socket {
-        Some(path) => syslog::unix_custom(formatter, path).ok(),
-        None => syslog::unix(formatter).ok(),
-    }
-}
-
-fn send_syslog(
-    logger: &mut Option<Logger<LoggerBackend, Formatter3164>>,
-    severity: Severity,
-    message: &str,
-) -> Result<(), ()> {
-    let Some(logger) = logger.as_mut() else {
-        return Err(());
-    };
-    let sent = match severity {
-        Severity::Debug => logger.debug(message),
-        Severity::Info => logger.info(message),
-        Severity::Warning => logger.warning(message),
-        Severity::Critical => logger.crit(message),
-    };
-    sent.map_err(|_| ())
-}
-
-fn write_stderr(message: &str) {
-    let stamp = appliance_timestamp(OffsetDateTime::now_utc());
-    // A closed stderr must not take the daemon down; there is nowhere else to report it.
-    let _ = writeln!(std::io::stderr().lock(), "{stamp} {message}");
-}
-
-/// `Fri Feb 16 21:19:22 2024`, the appliance's mail log stamp (UTC here).
-pub(crate) fn appliance_timestamp(t: OffsetDateTime) -> String {
-    const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
-        "[weekday repr:short] [month repr:short] [day padding:space] [hour]:[minute]:[second] [year]"
-    );
-    t.format(FORMAT).unwrap_or_else(|_| t.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -829,105 +611,5 @@ mod tests {
             .to_string(),
             "DNS Error esa.example.com MX - NXDomain"
         );
-    }
-
-    #[test]
-    fn sanitize_keeps_one_line() {
-        let forged = "<id@x>\r\nInfo: TDC: MID 9 successfully delivered\0\\x0A";
-        let clean = sanitize(forged);
-        assert!(!clean.chars().any(|c| c.is_control()), "{clean}");
-        assert_eq!(
-            clean,
-            "<id@x>\\x0D\\x0AInfo: TDC: MID 9 successfully delivered\\x00\\\\x0A"
-        );
-        assert_eq!(sanitize_bytes(b"a\xffb\x7f"), "a\u{FFFD}b\\x7F");
-        // Line separators and bidi controls, by their UTF-8 bytes.
-        assert_eq!(
-            sanitize("a\u{2028}b\u{2029}c\u{202E}d\u{2066}e\u{200F}f"),
-            "a\\xE2\\x80\\xA8b\\xE2\\x80\\xA9c\\xE2\\x80\\xAEd\\xE2\\x81\\xA6e\\xE2\\x80\\x8Ff"
-        );
-        for c in [
-            '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}',
-            '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\u{2028}', '\u{2029}',
-        ] {
-            assert!(
-                sanitize(&c.to_string()).starts_with("\\x"),
-                "{:04X}",
-                c as u32
-            );
-        }
-        assert_eq!(
-            sanitize("\u{00E9}\u{4E2D}"),
-            "\u{00E9}\u{4E2D}",
-            "other text stays"
-        );
-        let line = Event::journal(
-            1,
-            Step::Enqueued(Ids {
-                message_id: forged,
-                intake: "i@x",
-                queue_id: "Q\n",
-            }),
-        )
-        .to_string();
-        assert!(!line.contains('\n') && !line.contains('\r'));
-    }
-
-    #[test]
-    fn memory_log_records_severity_word() {
-        let log = Log::memory();
-        log.event(Event::journal(7, Step::Finished));
-        log.line(Severity::Critical, "spool broken");
-        assert_eq!(
-            log.lines(),
-            vec![
-                "Info: Message finished MID 7 done",
-                "Critical: spool broken"
-            ]
-        );
-    }
-
-    #[test]
-    fn syslog_lines_go_to_facility_mail_and_survive_a_restarted_socket() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("log");
-        let receiver = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
-        receiver
-            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .expect("timeout");
-        let log = Log::syslog_at(&path);
-        log.event(Event::journal(3, Step::Delivered));
-        let mut buf = [0u8; 1024];
-        let n = receiver.recv(&mut buf).expect("datagram");
-        let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
-        // <22> = facility mail (2) * 8 + severity info (6).
-        assert!(datagram.starts_with("<22>"), "{datagram}");
-        assert!(
-            datagram.contains(&format!(
-                "tdc-milter[{}]: Info: TDC: MID 3 successfully delivered",
-                std::process::id()
-            )),
-            "{datagram}"
-        );
-        log.line(Severity::Warning, "w");
-        let n = receiver.recv(&mut buf).expect("datagram");
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("<20>"));
-
-        // The syslog daemon restarts: the next line reaches the new socket.
-        drop(receiver);
-        std::fs::remove_file(&path).expect("remove");
-        let receiver = std::os::unix::net::UnixDatagram::bind(&path).expect("rebind");
-        receiver
-            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .expect("timeout");
-        log.event(Event::journal(3, Step::Finished));
-        let n = receiver.recv(&mut buf).expect("datagram after restart");
-        assert!(String::from_utf8_lossy(&buf[..n]).contains("Info: Message finished MID 3 done"));
-    }
-
-    #[test]
-    fn timestamp_has_the_appliance_shape() {
-        let t = OffsetDateTime::from_unix_timestamp(1708118362).expect("valid time");
-        assert_eq!(appliance_timestamp(t), "Fri Feb 16 21:19:22 2024");
     }
 }
