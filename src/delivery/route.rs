@@ -415,6 +415,10 @@ mod tests {
         DeliveryError::new(Stage::Dns, kind)
     }
 
+    fn temporary(name: &str, qtype: &str, reason: &str) -> DeliveryError {
+        error(Kind::DnsTemporary(DnsFailure::lookup(name, qtype, reason)))
+    }
+
     #[test]
     fn reasons_use_the_appliance_words() {
         let nx = NetError::from(DnsError::NoRecordsFound(NoRecords::new(
@@ -444,21 +448,15 @@ mod tests {
         );
         assert_eq!(
             classify("a.test", "MX", &servfail),
-            error(Kind::DnsTemporary(DnsFailure::lookup(
-                "a.test", "MX", "ServFail"
-            )))
+            temporary("a.test", "MX", "ServFail")
         );
         assert_eq!(
             classify("a.test", "MX", &refused),
-            error(Kind::DnsTemporary(DnsFailure::lookup(
-                "a.test", "MX", "Refused"
-            )))
+            temporary("a.test", "MX", "Refused")
         );
         assert_eq!(
             classify("a.test", "MX", &NetError::Timeout),
-            error(Kind::DnsTemporary(DnsFailure::lookup(
-                "a.test", "MX", "Timeout"
-            )))
+            temporary("a.test", "MX", "Timeout")
         );
         assert_eq!(
             classify("a.test", "MX", &NetError::NoConnections).kind,
@@ -480,9 +478,7 @@ mod tests {
             "x.test",
         );
         found.add(
-            Err(error(Kind::DnsTemporary(DnsFailure::lookup(
-                "mx2.test", "A", "ServFail",
-            )))),
+            Err(temporary("mx2.test", "A", "ServFail")),
             25,
             "mx2.test",
             "x.test",
@@ -495,9 +491,7 @@ mod tests {
         );
         assert_eq!(
             found.finish("x.test"),
-            Err(error(Kind::DnsTemporary(DnsFailure::lookup(
-                "mx2.test", "A", "ServFail"
-            ))))
+            Err(temporary("mx2.test", "A", "ServFail"))
         );
 
         let mut found = Found::default();
@@ -711,11 +705,7 @@ mod tests {
         };
         assert_eq!(
             route(mx_unanswered, "intake.test").await,
-            Err(error(Kind::DnsTemporary(DnsFailure::lookup(
-                "intake.test",
-                "MX",
-                "ServFail"
-            ))))
+            Err(temporary("intake.test", "MX", "ServFail"))
         );
         // A has no records, AAAA no answer: a retry may get the AAAA answer.
         let aaaa_unanswered = Table {
@@ -725,11 +715,7 @@ mod tests {
         };
         assert_eq!(
             route(aaaa_unanswered, "intake.test").await,
-            Err(error(Kind::DnsTemporary(DnsFailure::lookup(
-                "mx.intake.test",
-                "AAAA",
-                "ServFail"
-            ))))
+            Err(temporary("mx.intake.test", "AAAA", "ServFail"))
         );
         // One family unanswered is no failure while the other answers; a host that
         // does not resolve is skipped while another one does.
