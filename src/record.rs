@@ -4,6 +4,8 @@
 //! restart, the queue keeps it while the journal waits, and delivery takes its
 //! envelope from it. The bytes stay on disk and are read only for an attempt.
 
+use crate::tdclog::Ids;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// The journal's MID, unique for the life of the spool.
@@ -52,6 +54,15 @@ impl Record {
     }
 
     /// The intake's domain, lower-cased: the queue schedules connections per domain.
+    /// The IDs the journal's queued lines name it by.
+    pub fn ids(&self) -> Ids<&str> {
+        Ids {
+            message_id: &self.message_id,
+            intake: &self.intake,
+            queue_id: &self.queue_id,
+        }
+    }
+
     pub fn domain(&self) -> String {
         self.intake
             .rsplit_once('@')

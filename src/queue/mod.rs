@@ -32,7 +32,7 @@ use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::record::Record;
 use crate::stats::Stats;
-use crate::tdclog::{Event, Ids, Log, Step};
+use crate::tdclog::{Event, Log, Step};
 use agent::Agent;
 use spool::{Spool, SpoolError};
 use state::{Limits, State};
@@ -146,14 +146,9 @@ pub fn open(
     for record in found {
         // Wall-clock age, because the monotonic clock restarted with the process.
         let age = Duration::from_millis(now_wall.saturating_sub(record.enqueued_ms));
-        shared.log.event(Event::journal(
-            record.mid,
-            Step::Recovered(Ids {
-                message_id: &record.message_id,
-                intake: &record.intake,
-                queue_id: &record.queue_id,
-            }),
-        ));
+        shared
+            .log
+            .event(Event::journal(record.mid, Step::Recovered(record.ids())));
         match shared.limits.lifetime.checked_sub(age) {
             Some(left) if !left.is_zero() => shared.admit(record, Instant::now() + left),
             _ => {
@@ -291,14 +286,9 @@ impl Queue {
             })?
             .map_err(EnqueueError::Spool)?;
         // Logged before delivery can see it, so a journal's lines are always in order.
-        shared.log.event(Event::journal(
-            record.mid,
-            Step::Enqueued(Ids {
-                message_id: &record.message_id,
-                intake: &record.intake,
-                queue_id: &record.queue_id,
-            }),
-        ));
+        shared
+            .log
+            .event(Event::journal(record.mid, Step::Enqueued(record.ids())));
         shared.admit(record, Instant::now() + shared.limits.lifetime);
         Ok(())
     }
