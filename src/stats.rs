@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::clock::now_secs as epoch_secs;
 use crate::outcome::Outcome;
+use crate::tdclog::Verdict;
 
 #[derive(Debug)]
 pub struct Stats {
@@ -206,35 +207,36 @@ impl Stats {
         }
     }
 
-    pub fn delivered(&self, intake: &str) {
-        self.delivered.fetch_add(1, Ordering::Relaxed);
-        self.last_delivery_at.store(epoch_secs(), Ordering::Relaxed);
-        self.for_intake(intake, |c| c.delivered += 1);
-    }
-
-    pub fn soft_bounced(&self, intake: &str) {
-        self.soft_bounced.fetch_add(1, Ordering::Relaxed);
-        self.last_soft_bounce_at
-            .store(epoch_secs(), Ordering::Relaxed);
-        self.for_intake(intake, |c| c.soft_bounced += 1);
-    }
-
-    pub fn hard_bounced(&self, intake: &str) {
-        self.hard_bounced.fetch_add(1, Ordering::Relaxed);
-        self.last_hard_bounce_at
-            .store(epoch_secs(), Ordering::Relaxed);
-        self.for_intake(intake, |c| c.hard_bounced += 1);
-    }
-
-    /// Expiry counts as a hard bounce too (docs/DELIVERY.md, "The queue").
-    pub fn expired(&self, intake: &str) {
-        self.expired.fetch_add(1, Ordering::Relaxed);
-        self.hard_bounced(intake);
-    }
-
-    /// A journal reached the intake `seconds` after it was enqueued.
-    pub fn delivery_latency(&self, seconds: f64) {
-        self.accept_to_delivered_seconds.observe(seconds);
+    /// Counts what the outcome path decided for a journal of `bytes` to `intake`:
+    /// the same verdict that writes its lines.
+    pub fn verdict(&self, intake: &str, bytes: u64, verdict: &Verdict<'_>) {
+        let now = epoch_secs();
+        match *verdict {
+            Verdict::Delivered { waited_ms } => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+                self.last_delivery_at.store(now, Ordering::Relaxed);
+                self.accept_to_delivered_seconds
+                    .observe(waited_ms as f64 / 1000.0);
+                self.for_intake(intake, |c| c.delivered += 1);
+            }
+            Verdict::SoftBounced { .. } => {
+                self.soft_bounced.fetch_add(1, Ordering::Relaxed);
+                self.last_soft_bounce_at.store(now, Ordering::Relaxed);
+                self.for_intake(intake, |c| c.soft_bounced += 1);
+            }
+            Verdict::HardBounced { .. } | Verdict::Expired { .. } => {
+                // Expiry counts as a hard bounce too (docs/DELIVERY.md, "The queue").
+                if matches!(verdict, Verdict::Expired { .. }) {
+                    self.expired.fetch_add(1, Ordering::Relaxed);
+                }
+                self.hard_bounced.fetch_add(1, Ordering::Relaxed);
+                self.last_hard_bounce_at.store(now, Ordering::Relaxed);
+                self.for_intake(intake, |c| c.hard_bounced += 1);
+            }
+        }
+        if verdict.ends_journal() {
+            self.journal_left(bytes);
+        }
     }
 
     /// End of message, its spool write, and accept → delivered.
@@ -394,6 +396,7 @@ impl Drop for MilterSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tdclog::{BadHost, Event};
 
     #[test]
     fn gauges_never_go_below_zero_and_expiry_is_a_hard_bounce() {
@@ -402,8 +405,14 @@ mod tests {
         stats.journal_left(100);
         stats.journal_left(100);
         stats.connection_closed();
-        stats.expired("i@intake.test");
-        stats.delivered("j@intake.test");
+        stats.journal_queued(10);
+        stats.journal_queued(20);
+        stats.verdict(
+            "i@intake.test",
+            10,
+            &Verdict::Expired { lifetime_secs: 120 },
+        );
+        stats.verdict("j@intake.test", 20, &Verdict::Delivered { waited_ms: 5 });
         let s = stats.snapshot();
         assert_eq!((s.active, s.active_bytes, s.connections), (0, 0, 0));
         assert_eq!((s.expired, s.hard_bounced, s.delivered), (1, 1, 1));
@@ -412,6 +421,76 @@ mod tests {
         assert_eq!(per["j@intake.test"].delivered, 1);
         stats.failure(3, "RCPT TO: server replied 452");
         assert_eq!(stats.last_error().map(|e| e.mid), Some(3));
+    }
+
+    /// The counters and the lines of each verdict come from the same value; this
+    /// holds them to what an administrator reads: each "successfully delivered" line
+    /// is one delivered, each "Hard Bounced." or "TLS Error." line one hard bounce,
+    /// each "soft bounced" line one soft bounce, each "removed from the.tdc.queue"
+    /// line one expiry, and each "Message finished" one journal leaving the queue.
+    #[test]
+    fn every_verdict_counts_what_its_lines_say() {
+        let bad_host = BadHost {
+            name: "intake.test",
+            qtype: "MX",
+            reason: "NXDomain",
+        };
+        let verdicts = [
+            Verdict::Delivered { waited_ms: 40 },
+            Verdict::SoftBounced { delay_secs: 5 },
+            Verdict::HardBounced {
+                tls: false,
+                bad_host: None,
+            },
+            Verdict::HardBounced {
+                tls: true,
+                bad_host: None,
+            },
+            Verdict::HardBounced {
+                tls: false,
+                bad_host: Some(bad_host),
+            },
+            Verdict::Expired { lifetime_secs: 120 },
+        ];
+        for verdict in verdicts {
+            let stats = Stats::default();
+            stats.journal_queued(100);
+            let mut lines = Vec::new();
+            verdict.each_event(7, |event| {
+                if !matches!(&event, Event::Journal { step, .. } if step.tracking_only()) {
+                    lines.push(event.to_string());
+                }
+            });
+            stats.verdict("i@intake.test", 100, &verdict);
+            let count = |words: &[&str]| {
+                lines
+                    .iter()
+                    .filter(|l| words.iter().any(|w| l.contains(w)))
+                    .count() as u64
+            };
+            let s = stats.snapshot();
+            let per = stats.per_intake()["i@intake.test"];
+            let seen = (
+                s.delivered,
+                s.soft_bounced,
+                s.hard_bounced,
+                s.expired,
+                1 - s.active,
+            );
+            let said = (
+                count(&["successfully delivered"]),
+                count(&["soft bounced"]),
+                count(&["Hard Bounced.", "TLS Error."]),
+                count(&["removed from the.tdc.queue"]),
+                count(&["Message finished"]),
+            );
+            assert_eq!(seen, said, "{verdict:?}: {lines:#?}");
+            assert_eq!(
+                (per.delivered, per.soft_bounced, per.hard_bounced),
+                (s.delivered, s.soft_bounced, s.hard_bounced),
+                "{verdict:?}"
+            );
+        }
     }
 
     #[test]

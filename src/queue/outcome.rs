@@ -12,7 +12,7 @@ use super::Shared;
 use crate::clock::now_ms;
 use crate::delivery::{FailureClass, Kind, Reply};
 use crate::record::Record;
-use crate::tdclog::{self, Event, Step};
+use crate::tdclog::{BadHost, Event, Step, Verdict};
 
 impl Shared {
     /// Records the outcome of one attempt and decides what follows.
@@ -35,16 +35,17 @@ impl Shared {
     }
 
     fn delivered(&self, record: &Record) {
-        let mid = record.mid;
-        self.log.event(Event::journal(mid, Step::Delivered));
-        self.log
-            .event(Event::journal(mid, Step::DeliveredForScanning));
-        self.log.event(Event::journal(mid, Step::Finished));
-        self.stats.delivered(&record.intake);
-        let waited = now_ms().saturating_sub(record.enqueued_ms);
-        self.stats.delivery_latency(waited as f64 / 1000.0);
-        self.stats.journal_left(record.size);
-        self.remove_from_spool(record);
+        let waited_ms = now_ms().saturating_sub(record.enqueued_ms);
+        self.report(record, Verdict::Delivered { waited_ms });
+    }
+
+    /// The one place an attempt's verdict becomes the journal's lines and counts.
+    fn report(&self, record: &Record, verdict: Verdict<'_>) {
+        verdict.each_event(record.mid, |event| self.log.event(event));
+        self.stats.verdict(&record.intake, record.size, &verdict);
+        if verdict.ends_journal() {
+            self.remove_from_spool(record);
+        }
     }
 
     fn failed(&self, mid: u64, error: &AttemptError, dcid: Option<u64>) {
@@ -100,63 +101,35 @@ impl Shared {
                 .log
                 .event(Event::journal(mid, Step::SpoolFailure(&e.to_string()))),
         }
-        self.log.event(Event::journal(
-            mid,
-            Step::RetryScheduled {
+        self.report(
+            record,
+            Verdict::SoftBounced {
                 delay_secs: delay.as_secs(),
             },
-        ));
-        self.stats.soft_bounced(&record.intake);
+        );
         self.lock().retry(mid, attempts, Instant::now() + delay);
     }
 
     fn hard_bounced(&self, q: &Queued, error: &AttemptError) {
-        let mid = q.record.mid;
         // The appliance's sequence for an intake domain that cannot receive mail.
         let bad_host = match error.delivery().map(|e| &e.kind) {
-            Some(Kind::DnsPermanent(failure)) => Some(failure.parts()),
+            Some(Kind::DnsPermanent(failure)) => {
+                let (name, qtype, reason) = failure.parts();
+                Some(BadHost {
+                    name,
+                    qtype,
+                    reason,
+                })
+            }
             _ => None,
         };
-        if let Some((name, qtype, reason)) = bad_host {
-            self.log.event(Event::BadDestinationHost {
-                name,
-                qtype,
-                reason,
-            });
-        }
-        if error.cause() == retry::Cause::Delivery(FailureClass::Tls) {
-            self.log.event(Event::journal(mid, Step::TlsFailed));
-        } else {
-            self.log.event(Event::journal(mid, Step::HardBounced));
-        }
-        if let Some((name, qtype, reason)) = bad_host {
-            self.log.event(Event::journal(
-                mid,
-                Step::Bounced {
-                    dcid: 0,
-                    response: &tdclog::bad_destination_host(name, qtype, reason),
-                },
-            ));
-        }
-        self.log.event(Event::journal(mid, Step::Finished));
-        self.stats.hard_bounced(&q.record.intake);
-        self.stats.journal_left(q.record.size);
-        self.remove_from_spool(&q.record);
+        let tls = error.cause() == retry::Cause::Delivery(FailureClass::Tls);
+        self.report(&q.record, Verdict::HardBounced { tls, bad_host });
     }
 
     /// A journal whose lifetime ended, already out of the queue state.
     pub(super) fn expire(&self, record: &Record) {
-        let mid = record.mid;
-        self.log.event(Event::journal(
-            mid,
-            Step::Expired {
-                lifetime_secs: self.limits.lifetime.as_secs(),
-            },
-        ));
-        self.log.event(Event::journal(mid, Step::HardBounced));
-        self.log.event(Event::journal(mid, Step::Finished));
-        self.stats.expired(&record.intake);
-        self.stats.journal_left(record.size);
-        self.remove_from_spool(record);
+        let lifetime_secs = self.limits.lifetime.as_secs();
+        self.report(record, Verdict::Expired { lifetime_secs });
     }
 }

@@ -13,9 +13,11 @@ use time::OffsetDateTime;
 
 mod event;
 mod sanitize;
+mod verdict;
 
 pub use event::{bad_destination_host, Event, Ids, Severity, Step};
 pub use sanitize::{sanitize, sanitize_bytes};
+pub use verdict::{BadHost, Verdict};
 
 /// Where log lines go.
 #[derive(Clone)]
