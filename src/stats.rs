@@ -396,7 +396,7 @@ impl Drop for MilterSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tdclog::{BadHost, Event};
+    use crate::tdclog::{BadHost, Log};
 
     #[test]
     fn gauges_never_go_below_zero_and_expiry_is_a_hard_bounce() {
@@ -455,12 +455,9 @@ mod tests {
         for verdict in verdicts {
             let stats = Stats::default();
             stats.journal_queued(100);
-            let mut lines = Vec::new();
-            verdict.each_event(7, |event| {
-                if !matches!(&event, Event::Journal { step, .. } if step.tracking_only()) {
-                    lines.push(event.to_string());
-                }
-            });
+            let log = Log::memory();
+            verdict.each_event(7, |event| log.event(event));
+            let lines = log.lines();
             stats.verdict("i@intake.test", 100, &verdict);
             let count = |words: &[&str]| {
                 lines

@@ -268,7 +268,7 @@ impl<T, I> Step<T, I> {
 
 impl Step<&str> {
     /// Not written to the mail log, only shown by `track`.
-    pub(crate) fn tracking_only(&self) -> bool {
+    pub(super) fn tracking_only(&self) -> bool {
         matches!(self, Step::DeliveredForScanning)
     }
 

@@ -60,21 +60,14 @@ impl Verdict<'_> {
                         reason,
                     });
                 }
-                emit(Event::journal(
-                    mid,
-                    if tls {
-                        Step::TlsFailed
-                    } else {
-                        Step::HardBounced
-                    },
-                ));
-                if let Some(BadHost {
-                    name,
-                    qtype,
-                    reason,
-                }) = bad_host
-                {
-                    let response = bad_destination_host(name, qtype, reason);
+                let outcome = if tls {
+                    Step::TlsFailed
+                } else {
+                    Step::HardBounced
+                };
+                emit(Event::journal(mid, outcome));
+                if let Some(host) = bad_host {
+                    let response = bad_destination_host(host.name, host.qtype, host.reason);
                     emit(Event::journal(
                         mid,
                         Step::Bounced {
